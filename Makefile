@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv and install into it. On a CPU-only machine torch is pinned to the CPU build
+# (torch==2.13.0; an unpinned torch pulls gigabytes of CUDA). On a GPU machine with CUDA torch
+# already installed, use `make demo VENV_FLAGS=--system-site-packages TORCH_SPEC=` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+TORCH_SPEC ?= torch==2.13.0 triton==3.7.1
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench-quick bench clean-data
+
+$(STAMP): setup.cfg
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q $(TORCH_SPEC); fi
+	$(PY) -m pip install -q -e '.[dev,plot]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m train.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
+bench: $(STAMP)
+	$(PY) -m bench

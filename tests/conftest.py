@@ -1,0 +1,54 @@
+"""Test setup: Triton's CPU interpreter unless a GPU is present, and shared fixtures.
+
+TRITON_INTERPRET must be set before any kernel module is imported (it is read at @triton.jit time).
+"""
+import os
+import pathlib
+
+try:  # decide before importing triton: GPU when present, else the interpreter
+    import torch as _torch
+    _HAS_CUDA = _torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+REAL_TOKENIZER = SHARED / "data" / "fineweb_1024_bpe.model"
+FINEWEB_SAMPLE = SHARED / "data" / "fineweb_sample" / "fineweb_textfixer_300.jsonl"
+
+
+@pytest.fixture
+def device():
+    """The device kernels are tested on: CUDA when present, else the CPU under the Triton interpreter."""
+    return DEVICE
+
+
+@pytest.fixture
+def real_tokenizer():
+    """Path to the challenge's sp1024 tokenizer in ../shared; skips when the shared folder is absent."""
+    if not REAL_TOKENIZER.exists():
+        pytest.skip(f"challenge tokenizer not found at {REAL_TOKENIZER}")
+    return REAL_TOKENIZER
+
+
+@pytest.fixture
+def fineweb_sample():
+    """Path to the 300-document FineWeb sample in ../shared; skips when absent."""
+    if not FINEWEB_SAMPLE.exists():
+        pytest.skip(f"FineWeb sample not found at {FINEWEB_SAMPLE}")
+    return FINEWEB_SAMPLE
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `gpu` when CUDA is absent."""
+    if DEVICE == "cuda":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
