@@ -1,0 +1,167 @@
+"""Fused softcapped cross-entropy (kernels/cross_entropy.py) against kernels.reference.softcap_cross_entropy.
+
+Forward NLL and backward (dx, dW) on odd token counts, the real vocab (1024) and small vocabs that do
+not fill a vocab block, multi-chunk backward, poisoned outputs, the torch.library registration and
+torch.compile(fullgraph=True).
+"""
+import pytest
+import torch
+
+from kernels import reference
+from kernels.cross_entropy import softcap_ce_backward, softcap_ce_forward, softcap_cross_entropy
+
+BLOCKS = (64, 64, 64)
+SOFTCAP = 30.0
+CASES = [(1, 96), (37, 1024), (130, 130)]  # (tokens N, vocab V); d = 64 (and 100 below)
+DTYPES = [torch.float32, torch.bfloat16]  # bf16 runs on a GPU only (see _skip_bf16_on_cpu)
+
+
+def _skip_bf16_on_cpu(dtype, device):
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("bf16 is not emulated by the Triton interpreter")
+
+
+def _inputs(n, v, d, device, seed):
+    """Hidden states, a head weight and targets.
+
+    V = 1024 gets logits up to ~40 (the softcap saturates); smaller vocabs get logits of order 1, so a
+    padded vocab column leaking into the logsumexp (z = 0 there) would show.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(v, d, generator=g) * (1.5 if v >= 1024 else 0.1)
+    t = torch.randint(0, v, (n,), generator=g)
+    return x.to(device), w.to(device), t.to(device)
+
+
+def _eager(x, w, t, g):
+    """Eager twin's nll and (dx, dW) for upstream gradient g."""
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    nll = reference.softcap_cross_entropy(x, w, t, SOFTCAP)
+    nll.backward(g)
+    return nll.detach(), x.grad, w.grad
+
+
+def _assert_close(out, ref_fp32, ref_eager, dtype, tol=1e-4):
+    out, ref_fp32, ref_eager = out.float(), ref_fp32.float(), ref_eager.float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref_fp32, atol=tol, rtol=tol)
+    else:
+        scale = ref_fp32.abs().max().item()
+        eager_err = (ref_eager - ref_fp32).abs().max().item()
+        assert (out - ref_fp32).abs().max().item() <= 3 * eager_err + 1e-3 * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, v", CASES)
+def test_forward_matches_eager_and_writes_every_token(n, v, dtype, device):
+    _skip_bf16_on_cpu(dtype, device)
+    x, w, t = _inputs(n, v, 64, device, seed=n + v)
+    nll = torch.full((n,), float("nan"), device=device)
+    lse = torch.full((n,), float("nan"), device=device)
+    softcap_ce_forward(x.to(dtype), w.to(dtype), t, SOFTCAP, nll=nll, lse=lse, blocks=BLOCKS)
+    assert torch.isfinite(nll).all() and torch.isfinite(lse).all()
+    if dtype == torch.float32:
+        z = SOFTCAP * torch.tanh(x @ w.t() / SOFTCAP)
+        torch.testing.assert_close(lse, torch.logsumexp(z, dim=-1), atol=1e-4, rtol=1e-5)
+    _assert_close(nll, reference.softcap_cross_entropy(x, w, t, SOFTCAP),
+                  reference.softcap_cross_entropy(x.to(dtype), w.to(dtype), t, SOFTCAP), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, v, chunk", [(37, 1024, None), (130, 130, 64), (1, 96, None)])
+def test_backward_matches_eager_and_writes_every_element(n, v, chunk, dtype, device):
+    """dx and dW with a per-token upstream gradient; chunk 64 over 130 tokens runs three chunks."""
+    _skip_bf16_on_cpu(dtype, device)
+    x, w, t = _inputs(n, v, 64, device, seed=3 * n + v)
+    g = torch.rand(n, generator=torch.Generator().manual_seed(n)).to(device) + 0.5
+    _, lse = softcap_ce_forward(x.to(dtype), w.to(dtype), t, SOFTCAP, blocks=BLOCKS)
+    dx = torch.full((n, 64), float("nan"), device=device, dtype=dtype)
+    dx, dw = softcap_ce_backward(x.to(dtype), w.to(dtype), t, lse, g, SOFTCAP, dx=dx, chunk_tokens=chunk,
+                                 blocks=BLOCKS)
+    assert torch.isfinite(dx).all() and dw.shape == (v, 64)
+    _, dx_ref, dw_ref = _eager(x, w, t, g)
+    _, dx_eager, dw_eager = _eager(x.to(dtype), w.to(dtype), t, g)
+    _assert_close(dx, dx_ref, dx_eager, dtype, tol=1e-5)
+    _assert_close(dw, dw_ref, dw_eager, dtype, tol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_public_op_batched_with_fp32_weight(dtype, device):
+    """(B, T, d) input, (B, T) targets, d = 100 (not a block multiple), fp32 weight cast to x's dtype."""
+    _skip_bf16_on_cpu(dtype, device)
+    x, w, t = _inputs(2 * 29, 130, 100, device, seed=11)
+    x, t = x.reshape(2, 29, 100), t.reshape(2, 29)
+    g = torch.rand(2, 29, generator=torch.Generator().manual_seed(5)).to(device)
+    xk, wk = x.to(dtype).requires_grad_(), w.clone().requires_grad_()
+    nll = softcap_cross_entropy(xk, wk, t, SOFTCAP)
+    assert nll.shape == (2, 29) and nll.dtype == torch.float32
+    nll.backward(g)
+    assert xk.grad.dtype == dtype and wk.grad.dtype == torch.float32
+    ref = _eager(x, w, t, g)
+    eager = _eager(x.to(dtype), w, t, g)
+    for got, r, e in zip((nll, xk.grad, wk.grad), ref, eager):
+        _assert_close(got, r, e, dtype)
+
+
+def test_out_of_range_targets(device):
+    x, w, t = _inputs(5, 96, 64, device, seed=2)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="outside the vocab"):
+            softcap_cross_entropy(x, w, torch.tensor([0, 1, 96, 3, 4], device=device), SOFTCAP)
+    nll, _ = softcap_ce_forward(x, w, torch.tensor([0, -1, 96, 3, 4], device=device), SOFTCAP, blocks=BLOCKS)
+    assert nll[1].isnan() and nll[2].isnan() and torch.isfinite(nll[[0, 3, 4]]).all()
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    x, w, t = _inputs(4, 96, 64, device, seed=1)
+    with pytest.raises(ValueError, match="does not match x's last dim"):
+        softcap_cross_entropy(x, w[:, :32], t, SOFTCAP)
+    with pytest.raises(ValueError, match="one entry per token"):
+        softcap_cross_entropy(x, w, t[:3], SOFTCAP)
+    with pytest.raises(ValueError, match="int64"):
+        softcap_cross_entropy(x, w, t.int(), SOFTCAP)
+    with pytest.raises(ValueError, match="softcap must be positive"):
+        softcap_cross_entropy(x, w, t, 0.0)
+
+
+def test_opcheck(device):
+    x, w, t = _inputs(7, 96, 64, device, seed=9)
+    x.requires_grad_()
+    w.requires_grad_()
+    torch.library.opcheck(torch.ops.triton_golf.softcap_cross_entropy.default, (x, w, t, SOFTCAP),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    _, lse = softcap_ce_forward(x.detach(), w.detach(), t, SOFTCAP)
+    torch.library.opcheck(torch.ops.triton_golf.softcap_cross_entropy_backward.default,
+                          (x.detach(), w.detach(), t, lse, torch.ones(7, device=device), SOFTCAP),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph(device):
+    x, w, t = _inputs(2 * 9, 130, 64, device, seed=4)
+    x, t = x.reshape(2, 9, 64).requires_grad_(), t.reshape(2, 9)
+    w.requires_grad_()
+
+    def f(inp, weight):
+        return softcap_cross_entropy(inp, weight, t, SOFTCAP).mean()
+
+    loss = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w)
+    dx, dw = torch.autograd.grad(loss, (x, w))
+    loss_ref = reference.softcap_cross_entropy(x, w, t, SOFTCAP).mean()
+    dx_ref, dw_ref = torch.autograd.grad(loss_ref, (x, w))
+    torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx, dx_ref, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(dw, dw_ref, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_large_shape_autotuned_gpu(device):
+    """Eval-sized call (16384 tokens, V 1024, d 512) through the autotuned path, bf16, with backward."""
+    x, w, t = _inputs(16384, 1024, 512, device, seed=12)
+    w = w / 8
+    xk = x.bfloat16().requires_grad_()
+    nll = softcap_cross_entropy(xk, w, t, SOFTCAP)
+    nll.mean().backward()
+    ref = reference.softcap_cross_entropy(x, w, t, SOFTCAP)
+    assert (nll - ref).abs().max().item() <= 5e-2
+    assert torch.isfinite(xk.grad).all()
