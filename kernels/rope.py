@@ -2,8 +2,8 @@
 
 qk_norm_rope(x, cos, sin, rope_dims, gain) = gain_h * R(rms_norm(x)) in one pass over x (B, T, H, D):
 R rotates pairs (i, i + rope_dims/2) of the first rope_dims dims, (x1, x2) -> (x1 c + x2 s, -x1 s + x2 c),
-and passes the rest through; RMSNorm is weightless with eps = torch.finfo(dtype).eps (F.rms_norm's
-default). Each program handles BLOCK_R rows of D; the rotation partner x[d +- rope_dims/2] is a second
+and passes the rest through; RMSNorm is weightless with F.rms_norm's default eps
+(kernels.rmsnorm.default_eps: float32's eps for bf16/fp16 inputs too). Each program handles BLOCK_R rows of D; the rotation partner x[d +- rope_dims/2] is a second
 (cache-hit) gather load, so no shuffles are needed. Math is fp32, rounded once at the store.
 
 Backward: dx = rstd * (dxn - xn * mean(dxn * xn)) with dxn = R^T(gain * dy), and d gain_h = sum dy * R(xn)
@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from kernels.rmsnorm import default_eps
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ROPE_BLOCK_ROWS = 64 if INTERPRET else 16  # the interpreter pays per program; a GPU wants many programs
@@ -115,7 +117,7 @@ def rope_forward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim
     if n_rows == 0:
         return out
     _rope_fwd_kernel[grid](x, cos, sin, x if gain is None else gain.contiguous(), out, n_rows, x.size(2),
-                           x.size(1), x.size(3), torch.finfo(x.dtype).eps, sin_sign, HALF=rope_dims // 2,
+                           x.size(1), x.size(3), default_eps(x.dtype), sin_sign, HALF=rope_dims // 2,
                            NORM=norm, HAS_GAIN=gain is not None, BLOCK_R=block_r, BLOCK_D=block_d)
     return out
 
@@ -130,7 +132,7 @@ def qk_norm_rope_backward(grad: torch.Tensor, x: torch.Tensor, cos: torch.Tensor
     dgain_rows = torch.zeros(n_rows if gain is not None else 1, dtype=torch.float32, device=x.device)
     if n_rows:
         _qk_norm_rope_bwd_kernel[grid](grad, x, cos, sin, x if gain is None else gain.contiguous(), dx, dgain_rows,
-                                       n_rows, x.size(2), x.size(1), x.size(3), torch.finfo(x.dtype).eps,
+                                       n_rows, x.size(2), x.size(1), x.size(3), default_eps(x.dtype),
                                        HALF=rope_dims // 2, HAS_GAIN=gain is not None, BLOCK_R=block_r,
                                        BLOCK_D=block_d)
     if gain is None:
