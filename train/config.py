@@ -1,0 +1,91 @@
+"""Training hyper-parameters: one dataclass, presets `seed` (PR #598's run, seed-spec §1.3 and §4) and `tiny`.
+
+`grad_accum` is micro-steps per optimizer step on each rank; None means `accum_total // world_size` (the seed
+runs 8 micro-batches of 48 x 2048 tokens per step whatever the world size divides 8 into).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    model_preset: str = "seed"
+    steps: int = 7000
+    batch_tokens: int = 786_432          # tokens per optimizer step, all ranks and micro-steps together
+    accum_total: int = 8                 # micro-batches per step summed over ranks (grad_accum = this / world)
+    grad_accum: int | None = None
+    warmdown_steps: int = 3500
+    warmdown_shape: str = "linear"       # or "cosine"
+    max_wallclock_seconds: float = 0.0   # > 0: stop at this training time and size the warmdown in time
+    grad_clip: float = 0.3
+    ema_decay: float = 0.997
+    val_every: int = 500
+    val_max_tokens: int = 0              # 0: the whole val split
+    val_batch_seqs: int = 32
+    log_every: int = 1
+    checkpoint_every: int = 500
+    # optimizers (seed-spec §4.1)
+    matrix_lr: float = 0.025
+    scalar_lr: float = 0.025
+    tok_lr: float = 0.035
+    decoder_lr_mult: float = 2.0
+    muon_momentum: float = 0.99
+    muon_momentum_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_wd: float = 0.04
+    adam_wd: float = 0.04
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    ns_steps: int = 5
+    late_qat_threshold: float = 0.0      # turn fake int6 QAT on once the LR multiplier drops below this; 0 = off
+    seed: int = 42
+    compile: bool = False                # torch.compile the model (GPU runs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown fields {unknown}")
+        return cls(**d)
+
+    def local_grad_accum(self, world_size: int) -> int:
+        if self.grad_accum is not None:
+            if self.grad_accum < 1:
+                raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+            return self.grad_accum
+        if self.accum_total % world_size:
+            raise ValueError(f"world size {world_size} does not divide accum_total {self.accum_total}; "
+                             f"pass --grad-accum explicitly")
+        return self.accum_total // world_size
+
+
+TRAIN_PRESETS: dict[str, dict] = {
+    "seed": {},
+    # ~2 min on one CPU thread: 16 x 128-token sequences per step, short momentum warmup, and an EMA whose
+    # horizon (~33 steps) fits inside the 150-step warmdown (0.997 would still be averaging early weights).
+    "tiny": dict(model_preset="tiny", steps=300, batch_tokens=16 * 128, accum_total=1, warmdown_steps=150,
+                 ema_decay=0.97, val_every=100, val_max_tokens=0, val_batch_seqs=16, log_every=1,
+                 checkpoint_every=100, muon_momentum_warmup_steps=60, matrix_lr=0.04, scalar_lr=0.04, tok_lr=0.05),
+}
+
+
+def get_train_config(preset: str = "seed", **overrides) -> TrainConfig:
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    values = dict(TRAIN_PRESETS[preset])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}")
+    values.update(overrides)
+    cfg = TrainConfig(**values)
+    if cfg.warmdown_shape not in ("linear", "cosine"):
+        raise ValueError(f"warmdown_shape must be 'linear' or 'cosine', got {cfg.warmdown_shape!r}")
+    return cfg

@@ -1,0 +1,245 @@
+"""The training loop: data and tokenizer checks, model, Muon + AdamW, schedule, EMA, DDP, val, checkpoints, logs.
+
+One optimizer step = `grad_accum` micro-steps per rank (DDP all-reduces only on the last), global grad-norm clip,
+Muon + AdamW steps, EMA update. A non-finite train loss stops the run before the optimizer touches the weights,
+so the last checkpoint on disk stays good. Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA
+weights), loss_curve.png, and the run's figures as one JSON line on stdout.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model.config import ModelConfig
+from model.gpt import GPT
+from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
+from train.config import TrainConfig
+from train.data.loader import DistributedTokenLoader
+from train.data.shards import list_shards, load_validation_tokens
+from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
+from train.distributed import DistContext, all_reduce_mean, setup_distributed, teardown_distributed
+from train.ema import EMA
+from train.logging_utils import MetricsLogger, plot_loss_curve, print_final
+from train.optim import build_optimizers
+from train.schedule import lr_multiplier, muon_momentum
+from train.validation import evaluate
+
+CHECKPOINT_NAME, METRICS_NAME, FINAL_MODEL_NAME, CURVE_NAME = (
+    "checkpoint.pt", "metrics.jsonl", "final_model.pt", "loss_curve.png")
+
+
+class TrainingDiverged(RuntimeError):
+    """The train loss became NaN or inf; the run stopped and the last checkpoint on disk is the last good state."""
+
+
+def info(ctx: DistContext, msg: str) -> None:
+    if ctx.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_tokenizer(data_dir: Path, tokenizer_path) -> Path:
+    path = Path(tokenizer_path) if tokenizer_path else data_dir / "tokenizer.model"
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer not found: {path} (pass --tokenizer, or put tokenizer.model in {data_dir})")
+    return path
+
+
+def run_training(tcfg: TrainConfig, mcfg: ModelConfig, data_dir, out_dir, *, tokenizer_path=None, resume=None,
+                 stop_at_step: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns the summary dict also printed as the last stdout line (rank 0)."""
+    ctx = setup_distributed()
+    try:
+        return _train(ctx, tcfg, mcfg, Path(data_dir), Path(out_dir), tokenizer_path, resume, stop_at_step, progress)
+    finally:
+        teardown_distributed(ctx)
+
+
+def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_step, progress) -> dict:
+    device, world = ctx.device, ctx.world_size
+    on_cuda = device.type == "cuda"
+    # ---- inputs: fail before any training ----
+    list_shards(data_dir, "train")
+    list_shards(data_dir, "val")
+    sp = load_tokenizer(resolve_tokenizer(data_dir, tokenizer_path))
+    check_vocab(sp, mcfg.vocab_size)
+    luts = build_byte_luts(sp, mcfg.vocab_size)
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None and ModelConfig.from_dict(ckpt["config"]) != mcfg:
+        raise ValueError(f"{resume}: the checkpoint's model config differs from the requested one")
+    seq_len = mcfg.seq_len
+    grad_accum = tcfg.local_grad_accum(world)
+    loader = DistributedTokenLoader(data_dir, tcfg.batch_tokens, seq_len, ctx.rank, world, grad_accum, device,
+                                    mcfg.vocab_size)
+    val_tokens = load_validation_tokens(data_dir, seq_len, mcfg.vocab_size)
+    if tcfg.val_max_tokens > 0:
+        keep = max(min(tcfg.val_max_tokens, val_tokens.numel() - 1) // seq_len, 1) * seq_len
+        val_tokens = val_tokens[:keep + 1]
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
+
+    # ---- model, optimizers, EMA ----
+    torch.manual_seed(tcfg.seed)
+    model = GPT(mcfg).to(device)
+    # PR #598's bigram.scale gets a gradient (it counts toward the clip norm) but no optimizer updates it:
+    # turned trainable here, left out of the groups by train.optim.EXCLUDED_FROM_OPTIMIZERS.
+    model.bigram.scale.requires_grad_(True)
+    info(ctx, f"model_params:{model.num_params()} preset:{tcfg.model_preset} world_size:{world} "
+              f"grad_accum:{grad_accum} batch_tokens:{tcfg.batch_tokens} seq_len:{seq_len} device:{device}")
+    muon, adam = build_optimizers(
+        model, mcfg.num_encoder_layers, matrix_lr=tcfg.matrix_lr, scalar_lr=tcfg.scalar_lr, tok_lr=tcfg.tok_lr,
+        decoder_lr_mult=tcfg.decoder_lr_mult, muon_momentum=tcfg.muon_momentum, muon_wd=tcfg.muon_wd,
+        adam_wd=tcfg.adam_wd, adam_betas=(tcfg.adam_beta1, tcfg.adam_beta2), adam_eps=tcfg.adam_eps,
+        ns_steps=tcfg.ns_steps)
+    ema = EMA(model, tcfg.ema_decay)
+    step, train_time_ms = 0, 0.0
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    last_good = None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        muon.load_state_dict(ckpt["optimizers"]["muon"])
+        adam.load_state_dict(ckpt["optimizers"]["adamw"])
+        loader.load_state_dict(ckpt["loader"])
+        step, train_time_ms = int(ckpt["step"]), float(ckpt["train_time_ms"])
+        model.set_late_qat(bool(ckpt["late_qat"]))
+        set_rng_state(ckpt["rng"])
+        last_good = (Path(resume), step)
+        info(ctx, f"resumed from {resume} at step {step}")
+        del ckpt
+    info(ctx, f"late_qat: {'on' if model.late_qat else 'off'} "
+              f"(threshold {tcfg.late_qat_threshold}: turns on when the LR multiplier drops below it; 0 = never)")
+
+    train_model = model
+    if tcfg.compile:
+        train_model = torch.compile(train_model, dynamic=False, fullgraph=True)
+    if world > 1:
+        train_model = DDP(train_model, device_ids=[device.index] if on_cuda else None, broadcast_buffers=False)
+
+    logger = MetricsLogger(out_dir / METRICS_NAME, enabled=ctx.is_main, append=resume is not None)
+    if resume is not None:
+        logger.truncate_after(step)
+    max_ms = tcfg.max_wallclock_seconds * 1000.0
+
+    def validate() -> tuple[float, float]:
+        return evaluate(model, val_tokens, seq_len, luts, tcfg.val_batch_seqs, device, autocast, ctx.rank, world)
+
+    def checkpoint(at_step: int) -> None:
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, model_config=mcfg.to_dict(), train_config=tcfg.to_dict(),
+                            model_state=model.state_dict(), ema_state=ema.state_dict(),
+                            optimizer_states={"muon": muon.state_dict(), "adamw": adam.state_dict()},
+                            loader_state=loader.state_dict(), step=at_step, train_time_ms=train_time_ms,
+                            late_qat=model.late_qat)
+        if world > 1:
+            torch.distributed.barrier()
+
+    val_loss = val_bpb = float("nan")
+    if step == 0 and tcfg.val_every > 0:
+        val_loss, val_bpb = validate()
+        logger.log(step=0, val_loss=val_loss, val_bpb=val_bpb)
+        info(ctx, f"step:0 val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
+
+    pbar = None
+    if ctx.is_main and progress:
+        from tqdm import tqdm
+        pbar = tqdm(total=tcfg.steps, initial=step, file=sys.stderr, dynamic_ncols=True, desc="train")
+    train_loss_value = float("nan")
+    stopped_early = False
+    while step < tcfg.steps:
+        mult = lr_multiplier(step, tcfg.steps, tcfg.warmdown_steps, tcfg.warmdown_shape, train_time_ms, max_ms)
+        if 0 < mult < tcfg.late_qat_threshold and not model.late_qat:
+            model.set_late_qat(True)
+            info(ctx, f"late_qat: enabled at step {step} (lr multiplier {mult:.4f})")
+            logger.log(step=step, event="late_qat_enabled", lr_mult=mult)
+        for opt in (muon, adam):
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * mult
+        mu = muon_momentum(step, tcfg.muon_momentum_start, tcfg.muon_momentum, tcfg.muon_momentum_warmup_steps)
+        for group in muon.param_groups:
+            group["momentum"] = mu
+
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            x, y = loader.next_batch()
+            last_micro = micro == grad_accum - 1
+            sync = train_model.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
+            with sync:
+                with autocast():
+                    loss = train_model(x, y)
+                (loss / grad_accum).backward()
+            loss_sum += loss.detach()
+        train_loss_value = all_reduce_mean(loss_sum / grad_accum, world).item()
+        if not math.isfinite(train_loss_value):
+            where = (f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good
+                     else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"training diverged: train loss is {train_loss_value} at step {step + 1}; "
+                                   f"stopped before the optimizer step, {where}")
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        muon.step()
+        adam.step()
+        muon.zero_grad(set_to_none=True)
+        adam.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)  # bigram.scale: in no optimizer
+        ema.update(model)
+        if on_cuda:
+            torch.cuda.synchronize()
+        step_ms = (time.perf_counter() - t0) * 1000.0
+        train_time_ms += step_ms
+        step += 1
+
+        out_of_time = max_ms > 0 and train_time_ms >= max_ms
+        stopped_early = stop_at_step is not None and step >= stop_at_step and step < tcfg.steps
+        final = step >= tcfg.steps or out_of_time
+        record = {"step": step, "train_loss": train_loss_value, "lr": tcfg.matrix_lr * mult, "lr_mult": mult,
+                  "muon_momentum": mu, "tokens_per_s": tcfg.batch_tokens / (step_ms / 1000.0),
+                  "train_time_ms": train_time_ms}
+        if (tcfg.val_every > 0 and step % tcfg.val_every == 0) or final:
+            val_loss, val_bpb = validate()
+            record.update(val_loss=val_loss, val_bpb=val_bpb)
+            info(ctx, f"step:{step} train_loss:{train_loss_value:.4f} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                      f"train_time:{train_time_ms / 1000:.1f}s")
+        if step % max(tcfg.log_every, 1) == 0 or "val_loss" in record or final or stopped_early:
+            logger.log(**record)
+        if (tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0) or final or stopped_early:
+            checkpoint(step)
+            last_good = (ckpt_path, step)
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{train_loss_value:.3f}", lr=f"{mult:.3f}")
+        if final or stopped_early:
+            break
+    if pbar is not None:
+        pbar.close()
+
+    summary = {"event": "final" if not stopped_early else "stopped", "preset": tcfg.model_preset, "step": step,
+               "params": model.num_params(), "world_size": world, "grad_accum": grad_accum,
+               "train_loss": train_loss_value, "val_loss": val_loss, "val_bpb": val_bpb,
+               "train_time_s": train_time_ms / 1000.0,
+               "tokens_per_s": tcfg.batch_tokens * step / max(train_time_ms / 1000.0, 1e-9),
+               "tokens_seen": tcfg.batch_tokens * step, "late_qat": model.late_qat,
+               "checkpoint": str(ckpt_path), "out_dir": str(out_dir)}
+    if not stopped_early:
+        final_state = ema.model_state(model)
+        if ctx.is_main:
+            save_model_file(out_dir / FINAL_MODEL_NAME, mcfg.to_dict(), final_state)
+        model.load_state_dict(final_state)
+        ema_val_loss, ema_val_bpb = validate()
+        summary.update(ema_val_loss=ema_val_loss, ema_val_bpb=ema_val_bpb,
+                       final_model=str(out_dir / FINAL_MODEL_NAME))
+        logger.log(step=step, ema_val_loss=ema_val_loss, ema_val_bpb=ema_val_bpb)
+        info(ctx, f"ema val_loss:{ema_val_loss:.4f} val_bpb:{ema_val_bpb:.4f} -> {out_dir / FINAL_MODEL_NAME}")
+        if ctx.is_main:
+            info(ctx, plot_loss_curve(out_dir / METRICS_NAME, out_dir / CURVE_NAME))
+    if ctx.is_main:
+        print_final(summary)
+    return summary
