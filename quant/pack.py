@@ -35,10 +35,10 @@ def pack_int6(q: torch.Tensor) -> torch.Tensor:
     u = (q.to(torch.int32) + 32)
     if pad:
         u = torch.cat([u, torch.full((n, pad), 32, dtype=torch.int32, device=q.device)], dim=1)
-    u = u.view(n, -1, 4)
+    u = u.reshape(n, (k + pad) // 4, 4)
     word = u[..., 0] | (u[..., 1] << 6) | (u[..., 2] << 12) | (u[..., 3] << 18)
     out = torch.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF], dim=-1)
-    return out.reshape(n, -1).to(torch.uint8).contiguous()
+    return out.reshape(n, packed_row_bytes(k)).to(torch.uint8).contiguous()
 
 
 def unpack_int6(packed: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def unpack_int6(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     n = packed.size(0)
     if packed.size(1) != packed_row_bytes(in_features):
         raise ValueError(f"unpack_int6: row of {packed.size(1)} bytes does not hold {in_features} int6 values")
-    b = packed.to(torch.int32).view(n, -1, 3)
+    b = packed.to(torch.int32).reshape(n, packed.size(1) // 3, 3)
     word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
-    u = torch.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], dim=-1).reshape(n, -1)
+    u = torch.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], dim=-1).reshape(n, 4 * word.size(1))
     return (u[:, :in_features] - 32).to(torch.int8)

@@ -1,0 +1,103 @@
+"""CLI: quantize a model file into an artifact, print the size table, and check the 16,000,000-byte cap.
+
+    python -m quant MODEL_OR_CHECKPOINT --out ARTIFACT [--clip per-row|per-tensor]
+        [--int6-storage int8|packed] [--compare-storage] [--eval-data DIR --tokenizer MODEL]
+
+The last line printed is JSON (artifact, code and total bytes, headroom, cap, ok, timings, and the quant gap
+when --eval-data is given). Exits 1 with a message when the total is over the cap.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, compress_body, encode_body,
+                            stored_bytes, write_atomic)
+from quant.model_file import load_model_file
+from quant.schemes import CLIP_MODES, DEFAULT_SCALE_FLOOR, quantize_state_dict
+from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m quant", description=__doc__.split("\n\n")[0])
+    ap.add_argument("model_file", help='a file holding {"config": ..., "model": state_dict} (model or checkpoint)')
+    ap.add_argument("--out", required=True, help="artifact path to write (atomically)")
+    ap.add_argument("--clip", choices=CLIP_MODES, default="per-row",
+                    help="int6 clip search: best of 15 percentiles per row (default) or the seed's per-tensor 5")
+    ap.add_argument("--int6-storage", choices=INT6_STORAGES, default=DEFAULT_INT6_STORAGE,
+                    help="int6 values one per byte (int8) or bit-packed 4-in-3 bytes (packed)")
+    ap.add_argument("--compare-storage", action="store_true",
+                    help="also compress with the other int6 storage and report both sizes")
+    ap.add_argument("--scale-floor", type=float, default=DEFAULT_SCALE_FLOOR,
+                    help="minimum int6 row scale (seed: 1/31)")
+    ap.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (22 for a real artifact)")
+    ap.add_argument("--code-files", nargs="+", help="override the code files counted toward the cap")
+    ap.add_argument("--cap", type=int, default=CAP_BYTES, help="size cap in bytes (decimal)")
+    ap.add_argument("--eval-data", help="data dir with val shards: also report the float vs artifact quant gap")
+    ap.add_argument("--tokenizer", help="SentencePiece model for --eval-data (default: DIR/tokenizer.model)")
+    ap.add_argument("--eval-tokens", type=int, help="limit the quant-gap evaluation to this many val tokens")
+    return ap.parse_args(argv)
+
+
+def int6_report(qtensors) -> str:
+    """Floor-firing fraction and clip choices over all int6 matrices (seed-spec §8.4 asks to log the floor)."""
+    int6 = [qt for qt in qtensors if qt.scheme == "int6_per_row"]
+    if not int6:
+        return "int6: no int6 matrices"
+    rows = sum(qt.shape[0] for qt in int6)
+    floored = sum(qt.stats["floor_fraction"] * qt.shape[0] for qt in int6)
+    counts: dict[str, int] = {}
+    for qt in int6:
+        for p, c in qt.stats["percentile_counts"].items():
+            counts[p] = counts.get(p, 0) + c
+    choice = " ".join(f"{p}:{c}" for p, c in sorted(counts.items(), key=lambda kv: float(kv[0])))
+    return (f"int6: {len(int6)} matrices, {rows} rows, scale floor fires on {floored / rows:.1%} of rows; "
+            f"clip choices (rows) {choice}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config, state = load_model_file(args.model_file)
+    t0 = time.perf_counter()
+    qtensors = quantize_state_dict(state, clip=args.clip, scale_floor=args.scale_floor)
+    t_quant = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = compress_body(encode_body(qtensors, config, args.int6_storage), args.level)
+    t_compress = time.perf_counter() - t0
+    write_atomic(args.out, data)
+
+    files = args.code_files or default_code_files()
+    summary = size_summary(len(data), code_bytes(files), args.cap)
+    stored = {qt.name: stored_bytes(qt, args.int6_storage) for qt in qtensors}
+    print(format_size_table(size_rows(qtensors, stored, len(data)), summary, files))
+    print(int6_report(qtensors))
+    result = dict(summary, artifact=str(args.out), clip=args.clip, int6_storage=args.int6_storage,
+                  zstd_level=args.level, quantize_s=round(t_quant, 2), compress_s=round(t_compress, 2))
+    if args.compare_storage:
+        sizes = {args.int6_storage: len(data)}
+        for other in INT6_STORAGES:
+            if other != args.int6_storage:
+                sizes[other] = len(compress_body(encode_body(qtensors, config, other), args.level))
+        print("artifact bytes by int6 storage: " + "  ".join(f"{k}={v:,}" for k, v in sorted(sizes.items())))
+        result["artifact_bytes_by_int6_storage"] = sizes
+    if args.eval_data:
+        from pathlib import Path
+
+        from quant.roundtrip import format_quant_gap, quant_gap
+        tokenizer = args.tokenizer or str(Path(args.eval_data) / "tokenizer.model")
+        gap = quant_gap(args.model_file, args.out, args.eval_data, tokenizer, max_tokens=args.eval_tokens)
+        print(format_quant_gap(gap))
+        result.update(gap)
+    print(json.dumps(result, sort_keys=True))
+    if not summary["ok"]:
+        print(f"error: {summary['total_bytes']:,} bytes (artifact {summary['artifact_bytes']:,} + code "
+              f"{summary['code_bytes']:,}) is over the {summary['cap_bytes']:,}-byte cap by "
+              f"{-summary['headroom_bytes']:,}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
