@@ -1,0 +1,142 @@
+"""`python -m eval MODEL --data DIR [--ttt]`: exact sliding-window val_bpb, optionally with legal score-first TTT.
+
+MODEL is a compressed artifact (recognised by its magic) or a trained model / checkpoint file. Prints the
+sliding-window val_loss and val_bpb (the pre-TTT score), then with --ttt the post-TTT score and timing, and
+last a one-line JSON summary. Runs on CPU or GPU (bf16 autocast); under torchrun the windows and the TTT
+sequences are split across ranks and the float64 sums all-reduced.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from eval.distributed import init_from_env, shutdown
+from eval.loading import load_model
+from eval.report import ChunkLog, plot_chunks, summary_line, write_json
+from eval.scoring import evaluate, stream_target_bytes
+from eval.ttt import TTTConfig, ttt_evaluate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    p.add_argument("model", help="artifact (quant.artifact) or model/checkpoint file ({'config','model'})")
+    p.add_argument("--data", required=True, help="folder holding fineweb_val_*.bin shards")
+    p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
+    p.add_argument("--stride", type=int, default=64, help="sliding-window stride (default 64)")
+    p.add_argument("--window", type=int, help="window length (default: the model's seq_len)")
+    p.add_argument("--batch", type=int, default=32, help="windows per forward (default 32)")
+    p.add_argument("--max-tokens", type=int, help="score only the first N targets of the val stream")
+    p.add_argument("--seed-quirk", action="store_true",
+                   help="reproduce PR 598's duplicated tail windows (last `stride` targets scored repeatedly)")
+    p.add_argument("--ttt", action="store_true", help="legal score-first test-time training")
+    p.add_argument("--ttt-epochs", type=int, default=10)
+    p.add_argument("--ttt-chunk", type=int, default=32768, help="TTT chunk size in tokens")
+    p.add_argument("--ttt-lr", type=float, default=0.002)
+    p.add_argument("--ttt-freeze", type=int, default=2, help="freeze the first N blocks")
+    p.add_argument("--ttt-momentum", type=float, default=0.9)
+    p.add_argument("--ttt-clip", type=float, default=1.0, help="gradient-norm clip (0 = off)")
+    p.add_argument("--ttt-warmup", type=float, default=0.0, help="linear LR warmup over this fraction of chunks")
+    p.add_argument("--ttt-batch-seqs", type=int, default=32, help="sequences per TTT micro-batch")
+    p.add_argument("--ttt-qat", action="store_true", help="fake int6 STE quantization in TTT training forwards")
+    p.add_argument("--skip-baseline", action="store_true", help="with --ttt, skip the pre-TTT sliding score")
+    p.add_argument("--log", "--chunk-log", dest="log",
+                   help="per-chunk JSONL log, a PNG plot is written next to it (under torchrun spell it "
+                        "--chunk-log: torchrun's own parser rejects --log as an ambiguous prefix)")
+    p.add_argument("--json", help="write the final summary JSON here too")
+    p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: the model file's)")
+    p.add_argument("--int6-kernel", action="store_true", help="run int6 matrices through the int6-dequant matmul")
+    p.add_argument("--compile", action="store_true", help="torch.compile the scoring and TTT forwards (GPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cpu-threads", type=int, help="torch CPU threads (1 is fastest on small, busy machines)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    finally:
+        shutdown()
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load, score (and with --ttt adapt), report; returns the summary dict printed last."""
+    from train.data.shards import load_validation_tokens
+    from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
+
+    if args.ttt and args.int6_kernel:
+        raise SystemExit("error: --int6-kernel cannot be combined with --ttt (TTT updates the float weights)")
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    if not args.device.startswith("cuda"):
+        # Triton kernels on CPU run under the interpreter, which is read when kernels are decorated (at import)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    rank, world, device = init_from_env(args.device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    model, cfg, kind = load_model(args.model, device=device, backend=args.backend, int6_kernel=args.int6_kernel)
+    tokenizer_path = Path(args.tokenizer) if args.tokenizer else Path(args.data) / "tokenizer.model"
+    sp = load_tokenizer(tokenizer_path)
+    try:
+        check_vocab(sp, cfg.vocab_size)
+    except ValueError as e:
+        raise SystemExit(f"error: {tokenizer_path} does not fit {args.model}: {e}") from e
+    luts = build_byte_luts(sp, cfg.vocab_size)
+    window = args.window or cfg.seq_len
+    val_tokens = load_validation_tokens(args.data, cfg.seq_len, cfg.vocab_size)
+    if args.max_tokens:
+        val_tokens = val_tokens[:args.max_tokens + 1]
+    nbytes = stream_target_bytes(val_tokens, luts)
+    progress = not args.no_progress
+    say(f"eval: {kind} {args.model} | {model.num_params():,} params | backend {cfg.backend} | device {device} "
+        f"x{world} | {len(val_tokens) - 1:,} targets | window {window} stride {args.stride}")
+    common = dict(target_bytes=nbytes, window=window, stride=args.stride, batch=args.batch, seed_quirk=args.seed_quirk,
+                  compile=args.compile)
+    summary = {"model": str(args.model), "kind": kind, "window": window, "stride": args.stride,
+               "targets": len(val_tokens) - 1, "world_size": world}
+    baseline = None
+    if not (args.ttt and args.skip_baseline):
+        baseline = evaluate(model, val_tokens, progress=progress, **common)
+        say(f"sliding val_loss:{baseline['val_loss']:.6f} val_bpb:{baseline['val_bpb']:.6f} "
+            f"({baseline['windows']:,} windows, {baseline['tokens_per_s']:,.0f} tok/s, {baseline['seconds']:.1f}s)")
+        summary.update(val_loss=baseline["val_loss"], val_bpb=baseline["val_bpb"], pre_ttt_val_bpb=baseline["val_bpb"],
+                       sliding_seconds=baseline["seconds"], sliding_tokens_per_s=baseline["tokens_per_s"])
+    if args.ttt:
+        config = TTTConfig(chunk_tokens=args.ttt_chunk, epochs=args.ttt_epochs, lr=args.ttt_lr,
+                           momentum=args.ttt_momentum, freeze_blocks=args.ttt_freeze, grad_clip=args.ttt_clip,
+                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat)
+        if len(val_tokens) - 1 <= args.ttt_chunk:
+            say(f"warning: the {len(val_tokens) - 1:,} targets fit in one TTT chunk of {args.ttt_chunk:,}; "
+                "the last chunk is never trained on, so TTT changes nothing (pass a smaller --ttt-chunk)")
+        log = ChunkLog(args.log if rank == 0 else None)
+        try:
+            result = ttt_evaluate(model, val_tokens, config=config, progress=progress, on_chunk=log.write, **common)
+        finally:
+            log.close()
+        say(f"ttt val_loss:{result['val_loss']:.6f} val_bpb:{result['val_bpb']:.6f} "
+            f"({result['chunks']} chunks; scored {result['score_tokens_per_s']:,.0f} tok/s, "
+            f"trained {result['train_tokens_per_s']:,.0f} tok/s; {result['score_seconds']:.1f}s + "
+            f"{result['train_seconds']:.1f}s; {result['trainable_params']:,} trainable params)")
+        summary.update(val_loss=result["val_loss"], val_bpb=result["val_bpb"], post_ttt_val_bpb=result["val_bpb"],
+                       ttt={k: v for k, v in result.items() if k not in ("chunk_log", "val_loss", "val_bpb")})
+        if args.log and rank == 0:
+            png = Path(args.log).with_suffix(".png")
+            if plot_chunks(result["chunk_log"], png, baseline["val_bpb"] if baseline else None):
+                summary["plot"] = str(png)
+    if rank == 0:
+        if args.json:
+            write_json(summary, args.json)
+        print(summary_line(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

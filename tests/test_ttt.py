@@ -1,0 +1,132 @@
+"""Score-first TTT: score-before-update parity, the legality guard in the loop, freezing, LR schedule, gains."""
+import pytest
+import torch
+
+from eval.legality import LegalityError, LegalityGuard
+from eval.scoring import evaluate
+from eval.totals import ScoreTotals
+from eval.ttt import ScoreFirstTTT, TTTConfig, ttt_evaluate
+from model.config import get_config
+from model.gpt import GPT
+
+VOCAB, SEQ = 64, 32
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    cfg = get_config("tiny", vocab_size=VOCAB, num_layers=2, ve_layers=(1,), xsa_last_n=1, model_dim=64,
+                     num_heads=2, num_kv_heads=1, mlp_hidden=128, seq_len=SEQ, rope_train_seq_len=SEQ,
+                     bigram_buckets=64, bigram_dim=32, ve_dim=32)
+    return GPT(cfg)
+
+
+def learnable_stream(num_tokens: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens where every odd position is a fixed function of the one before, so adaptation can help."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (num_tokens,), generator=g)
+    tokens[1::2] = (tokens[0::2][:len(tokens[1::2])] * 7 + 3) % VOCAB
+    return tokens, torch.randint(1, 4, (num_tokens - 1,), generator=g)
+
+
+CONFIG = TTTConfig(chunk_tokens=128, epochs=3, lr=0.05, momentum=0.9, freeze_blocks=1)
+
+
+def test_guard_tracks_the_scored_prefix_even_out_of_order():
+    guard = LegalityGuard()
+    guard.record_scored(1, 10)
+    guard.record_scored(21, 30)  # another rank's later range arrives first
+    with pytest.raises(LegalityError, match="11..20"):
+        guard.check_train(11, 20)
+    guard.record_scored(11, 20)
+    guard.check_train(1, 30)
+    assert guard.scored_through == 30
+    with pytest.raises(LegalityError, match="1..30"):
+        guard.check_train(25, 31)
+
+
+def test_first_chunk_is_scored_before_any_update():
+    tokens, nbytes = learnable_stream(1 + 4 * 128)
+    base_model = tiny_model()  # GPT holds its ops module, so it cannot be deep-copied: build a twin instead
+    result = ttt_evaluate(tiny_model(), tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+    first, second = result["chunk_log"][0], result["chunk_log"][1]
+    # chunk 0's windows score exactly targets 1..128 here, all with full-length windows ending <= 128
+    unadapted_first = evaluate(base_model, tokens[:129], target_bytes=nbytes[:128], stride=16, batch=8)
+    assert first["tokens"] == unadapted_first["tokens"] == 128 and first["bytes"] == unadapted_first["bytes"]
+    assert first["nll_sum"] == pytest.approx(unadapted_first["nll_sum"], rel=1e-6)
+    # the second chunk is scored after one round of adaptation, so it differs from the un-adapted score
+    unadapted_both = evaluate(base_model, tokens[:257], target_bytes=nbytes[:256], stride=16, batch=8)
+    assert second["nll_sum"] != pytest.approx(unadapted_both["nll_sum"] - unadapted_first["nll_sum"], rel=1e-4)
+    assert result["tokens"] == 4 * 128 and result["bytes"] == int(nbytes.sum())
+
+
+def test_training_before_scoring_raises_and_leaves_weights_untouched():
+    tokens, nbytes = learnable_stream(1 + 4 * 128)
+    model = tiny_model()
+    ttt = ScoreFirstTTT(model, tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LegalityError):
+        ttt.train_chunk(0)
+    ttt.score_chunk(0)
+    with pytest.raises(LegalityError):
+        ttt.train_chunk(1)  # chunk 1 not scored yet
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ttt.train_chunk(0)  # legal now
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_run_with_scoring_skipped_raises(monkeypatch):
+    tokens, nbytes = learnable_stream(1 + 3 * 128)
+    # a broken loop that "scores" nothing: its first training step must be refused
+    monkeypatch.setattr(ScoreFirstTTT, "score_chunk", lambda self, ci: ScoreTotals())
+    with pytest.raises(LegalityError, match="illegal TTT step"):
+        ttt_evaluate(tiny_model(), tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+
+
+def test_ttt_lowers_bpb_and_keeps_frozen_blocks_fixed():
+    tokens, nbytes = learnable_stream(1 + 4 * 128, seed=2)
+    model = tiny_model(seed=1)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    pre = evaluate(model, tokens, target_bytes=nbytes, stride=16, batch=8)
+    post = ttt_evaluate(model, tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+    assert post["val_bpb"] < pre["val_bpb"] - 0.01
+    assert post["tokens"] == pre["tokens"] and post["bytes"] == pre["bytes"]
+    for name, p in model.named_parameters():
+        if name.startswith("blocks.0."):
+            assert torch.equal(p, before[name]), name
+    assert not torch.equal(model.tok_emb.weight, before["tok_emb.weight"])
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
+    assert post["trainable_params"] + post["frozen_params"] == model.num_params()
+    assert post["frozen_params"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.0."))
+    logged = post["chunk_log"]
+    assert [r["chunk"] for r in logged] == list(range(4)) and logged[-1]["lr"] is None
+    assert logged[-1]["running_bpb"] == pytest.approx(post["val_bpb"])
+    assert sum(r["tokens"] for r in logged) == post["tokens"]
+
+
+def test_lr_schedule_is_cosine_over_chunks_with_optional_warmup():
+    tokens, nbytes = learnable_stream(1 + 5 * 128)
+    ttt = ScoreFirstTTT(tiny_model(), tokens, target_bytes=nbytes, config=CONFIG, stride=16)
+    assert ttt.num_chunks == 5
+    assert [ttt.lr_for(i) for i in (0, 2, 4)] == pytest.approx([0.05, 0.025, 0.0])
+    warm = ScoreFirstTTT(tiny_model(), tokens, target_bytes=nbytes, stride=16,
+                         config=TTTConfig(chunk_tokens=128, lr=0.05, warmup_frac=0.4))
+    assert [warm.lr_for(i) for i in (0, 1, 2)] == pytest.approx([0.025, 0.05, 0.025])
+
+
+def test_momentum_persists_and_qat_flag_is_restored():
+    tokens, nbytes = learnable_stream(1 + 3 * 128)
+    model = tiny_model()
+    ttt = ScoreFirstTTT(model, tokens, target_bytes=nbytes, stride=16, batch=8,
+                        config=TTTConfig(chunk_tokens=128, epochs=1, lr=0.01, qat=True))
+    optimizer = ttt.optimizer
+    ttt.score_chunk(0)
+    ttt.train_chunk(0)
+    assert ttt.optimizer is optimizer and optimizer.state  # one optimizer, momentum buffers kept
+    assert model.late_qat is False
+
+
+def test_chunk_size_must_align_with_the_window():
+    tokens, nbytes = learnable_stream(1 + 300)
+    with pytest.raises(ValueError, match="multiple of the window"):
+        ScoreFirstTTT(tiny_model(), tokens, target_bytes=nbytes, config=TTTConfig(chunk_tokens=100), stride=16)
