@@ -5,3 +5,11 @@
 launchers and their `torch.library` registrations. `kernels.ops.get_ops(backend)` is the one
 switch the model layer uses to pick eager or Triton.
 """
+
+import os as _os
+
+import torch as _torch
+
+# Without a GPU the kernels run in Triton's CPU interpreter; the flag must be set before any @triton.jit.
+if not _torch.cuda.is_available():
+    _os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,53 +1,64 @@
 """Fused weightless RMSNorm times a constant LN-scale factor (seed-spec §3.2, §3.4, §3.9).
 
-y = x * rstd * scale with rstd = 1 / sqrt(mean(x^2) + eps) over the last dim. One program per row: the
-whole row (512 dims in the seed) sits in registers, statistics are fp32, and the per-row rstd (fp32) is
-saved so the backward needs one pass: dx = scale * rstd * (dy - x * rstd^2 * mean(dy * x)).
+y = x * rstd * scale with rstd = 1 / sqrt(mean(x^2) + eps) over the last dim. One program per row on a GPU
+(a tile of rows under the CPU interpreter, which pays per program): the whole row (512 dims in the seed)
+sits in registers, statistics are fp32, and the per-row rstd (fp32) is saved so the backward needs one
+pass: dx = scale * rstd * (dy - x * rstd^2 * mean(dy * x)).
 
 eps=None follows F.rms_norm: the machine epsilon of the *compute* type, so float32's eps (1.19e-7) for
 bf16/fp16 inputs as well (F.rms_norm upcasts them), not torch.finfo(bf16).eps.
 Memory traffic (the cost of this op): forward reads x and writes y (+4 bytes per row); backward reads dy
 and x and writes dx. FLOPs are negligible (~4 per element forward, ~7 backward).
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_BLOCK_D = 16384  # a row lives in registers; wider rows would spill
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET_TILE_ELEMENTS = 8192  # the interpreter pays per program: many rows per program there
 
 
 @triton.jit
-def _rms_norm_forward_kernel(x_ptr, y_ptr, rstd_ptr, D, stride_x, stride_y, scale, eps,
-                             BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _rms_norm_forward_kernel(x_ptr, y_ptr, rstd_ptr, n_rows, D, stride_x, stride_y, scale, eps,
+                             BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / D + eps)
-    tl.store(rstd_ptr + row, rstd)
-    tl.store(y_ptr + row * stride_y + cols, (x * (rstd * scale)).to(y_ptr.dtype.element_ty), mask=mask)
+    row_mask = rows < n_rows
+    mask = row_mask[:, None] & (cols[None, :] < D)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    y = x * (rstd * scale)[:, None]
+    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rms_norm_backward_kernel(dy_ptr, x_ptr, rstd_ptr, dx_ptr, D, stride_dy, stride_x, stride_dx, scale,
-                              BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _rms_norm_backward_kernel(dy_ptr, x_ptr, rstd_ptr, dx_ptr, n_rows, D, stride_dy, stride_x, stride_dx, scale,
+                              BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    dy = tl.load(dy_ptr + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.load(rstd_ptr + row)
-    mean_dy_x = tl.sum(dy * x, axis=0) / D
-    dx = (scale * rstd) * (dy - x * (rstd * rstd * mean_dy_x))
-    tl.store(dx_ptr + row * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    row_mask = rows < n_rows
+    mask = row_mask[:, None] & (cols[None, :] < D)
+    dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+    mean_dy_x = tl.sum(dy * x, axis=1) / D
+    dx = (scale * rstd)[:, None] * (dy - x * (rstd * rstd * mean_dy_x)[:, None])
+    tl.store(dx_ptr + rows[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _block_and_warps(d: int) -> tuple[int, int]:
+def _launch_config(d: int) -> tuple[int, int, int]:
+    """(BLOCK_R rows per program, BLOCK_D, num_warps): one row per program on a GPU; under the interpreter,
+    which pays per program, a tile of rows up to ~8K elements."""
     block = triton.next_power_of_2(d)
     if block > _MAX_BLOCK_D:
         raise ValueError(f"rms_norm: last dim {d} exceeds the kernel's one-row-in-registers limit {_MAX_BLOCK_D}")
-    return block, min(max(block // 256, 1), 8)
+    rows = max(_INTERPRET_TILE_ELEMENTS // block, 1) if _INTERPRET else 1
+    return rows, block, min(max(block // 256, 1), 8)
 
 
 def _rms_norm_forward(x2, scale, eps, y=None, rstd=None):
@@ -56,9 +67,10 @@ def _rms_norm_forward(x2, scale, eps, y=None, rstd=None):
     y = torch.empty_like(x2) if y is None else y
     rstd = x2.new_empty((rows,), dtype=torch.float32) if rstd is None else rstd
     if rows > 0:
-        block, warps = _block_and_warps(d)
-        _rms_norm_forward_kernel[(rows,)](x2, y, rstd, d, x2.stride(0), y.stride(0), scale, eps,
-                                          BLOCK_D=block, num_warps=warps)
+        block_r, block, warps = _launch_config(d)
+        _rms_norm_forward_kernel[(triton.cdiv(rows, block_r),)](
+            x2, y, rstd, rows, d, x2.stride(0), y.stride(0), scale, eps,
+            BLOCK_R=block_r, BLOCK_D=block, num_warps=warps)
     return y, rstd
 
 
@@ -67,9 +79,10 @@ def _rms_norm_backward(dy2, x2, rstd, scale, dx=None):
     rows, d = x2.shape
     dx = torch.empty_like(x2) if dx is None else dx
     if rows > 0:
-        block, warps = _block_and_warps(d)
-        _rms_norm_backward_kernel[(rows,)](dy2, x2, rstd, dx, d, dy2.stride(0), x2.stride(0), dx.stride(0), scale,
-                                           BLOCK_D=block, num_warps=warps)
+        block_r, block, warps = _launch_config(d)
+        _rms_norm_backward_kernel[(triton.cdiv(rows, block_r),)](
+            dy2, x2, rstd, dx, rows, d, dy2.stride(0), x2.stride(0), dx.stride(0), scale,
+            BLOCK_R=block_r, BLOCK_D=block, num_warps=warps)
     return dx
 
 
