@@ -45,6 +45,7 @@ def setup_distributed() -> DistContext:
 
 def teardown_distributed(ctx: DistContext) -> None:
     if ctx.initialized_here and dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a crash at exit otherwise)
         dist.destroy_process_group()
 
 
