@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from train.atomic import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY_PATH = ROOT / "bench" / "history.jsonl"
 MARKDOWN_PATH = ROOT / "BENCHMARKS.md"
@@ -88,25 +90,13 @@ def load_history(path: Path = HISTORY_PATH) -> list[dict]:
     return records
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def append_record(record: dict, path: Path = HISTORY_PATH) -> None:
     """Append `record` as one JSON line (the file is rewritten atomically, never left half-written)."""
     path = Path(path)
     old = path.read_bytes() if path.exists() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    _atomic_write(path, old + (json.dumps(record, sort_keys=True) + "\n").encode())
+    atomic_write(path, [old, (json.dumps(record, sort_keys=True) + "\n").encode()])
 
 
 def latest_figures(records: list[dict]) -> dict[tuple[str, str], tuple[dict, dict]]:
@@ -236,7 +226,7 @@ def regenerate(history_path: Path = HISTORY_PATH, markdown_path: Path = MARKDOWN
                plot_path: Path = PLOT_PATH) -> list[str]:
     """Rewrite BENCHMARKS.md (and the plot when there are records) from the history; returns notes."""
     records = load_history(history_path)
-    _atomic_write(Path(markdown_path), render_markdown(records).encode())
+    atomic_write(markdown_path, [render_markdown(records).encode()])
     if not records:
         return []
     note = plot_history(records, plot_path)

@@ -28,12 +28,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 import zstandard
 
+from train.atomic import atomic_write
 from quant.pack import pack_int6, packed_row_bytes, unpack_int6
 from quant.schemes import (DEFAULT_SCALE_FLOOR, SCHEMES, QuantizedTensor, dequantize,
                            quantize_state_dict)
@@ -127,20 +127,8 @@ def encode_artifact(qtensors: list[QuantizedTensor], config: dict, int6_storage:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to `path` via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write bytes to `path` atomically (train.atomic)."""
+    atomic_write(path, [data])
 
 
 def save_artifact(state_dict: dict[str, torch.Tensor], config_dict: dict, path: str | os.PathLike, *,

@@ -7,11 +7,11 @@ RNG states (as uint8 tensors; the job uses no numpy or python randomness). Nothi
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from train.atomic import atomic_write_with
 
 FORMAT = "triton-golf-train-checkpoint-v1"
 REQUIRED_KEYS = ("format", "config", "train_config", "model", "ema", "optimizers", "loader", "step", "rng")
@@ -19,20 +19,7 @@ REQUIRED_KEYS = ("format", "config", "train_config", "model", "ema", "optimizers
 
 def atomic_torch_save(obj, path) -> Path:
     """torch.save to a temp file in the target directory, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:

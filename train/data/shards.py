@@ -6,11 +6,11 @@ checked in chunks, so reading never loads every shard into RAM at once. Writes a
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from train.atomic import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -48,27 +48,6 @@ def write_shard(path, tokens) -> Path:
     header = np.zeros(HEADER_WORDS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
     return atomic_write(path, [header.tobytes(), tokens.astype("<u2", copy=False).tobytes()])
-
-
-def atomic_write(path, chunks) -> Path:
-    """Write the byte strings `chunks` to `path` via a temp file in the same directory and os.replace, so readers
-    never see a partial file. The file gets mode 0644."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def read_header(path) -> dict:
