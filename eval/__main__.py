@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--chunk-log: torchrun's own parser rejects --log as an ambiguous prefix)")
     p.add_argument("--json", help="write the final summary JSON here too")
     p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: the model file's)")
-    p.add_argument("--int6-kernel", action="store_true", help="run int6 matrices through the int6-dequant matmul")
+    p.add_argument("--int6-kernel", action="store_true",
+                   help="run int6 matrices through the int6-dequant matmul (with --ttt: the frozen blocks only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the scoring and TTT forwards (GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cpu-threads", type=int, help="torch CPU threads (1 is fastest on small, busy machines)")
@@ -69,8 +70,6 @@ def run(args: argparse.Namespace) -> dict:
     from train.data.shards import load_validation_tokens
     from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
 
-    if args.ttt and args.int6_kernel:
-        raise SystemExit("error: --int6-kernel cannot be combined with --ttt (TTT updates the float weights)")
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     if not args.device.startswith("cuda"):
@@ -78,7 +77,9 @@ def run(args: argparse.Namespace) -> dict:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     rank, world, device = init_from_env(args.device)
     say = print if rank == 0 else (lambda *a, **k: None)
-    model, cfg, kind = load_model(args.model, device=device, backend=args.backend, int6_kernel=args.int6_kernel)
+    frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze)) if args.ttt else None
+    model, cfg, kind = load_model(args.model, device=device, backend=args.backend, int6_kernel=args.int6_kernel,
+                                  int6_prefixes=frozen)
     tokenizer_path = Path(args.tokenizer) if args.tokenizer else Path(args.data) / "tokenizer.model"
     sp = load_tokenizer(tokenizer_path)
     try:

@@ -21,8 +21,11 @@ def is_artifact(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", backend: str | None = None,
-               int6_kernel: bool = False):
-    """(GPT in eval mode on `device`, its ModelConfig, the source kind "artifact" | "model_file")."""
+               int6_kernel: bool = False, int6_prefixes: tuple[str, ...] | None = None):
+    """(GPT in eval mode on `device`, its ModelConfig, the source kind "artifact" | "model_file").
+
+    `int6_prefixes` limits the int6 kernel to the matrices whose names start with one of them (TTT keeps
+    int6 only on its frozen blocks: the trained ones need float weights)."""
     from model.config import ModelConfig
     from model.gpt import GPT
 
@@ -59,6 +62,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", b
     model.to(device)
     modules = dict(model.named_modules())
     for name, (packed, scales) in int6.items():
+        if int6_prefixes is not None and not name.startswith(int6_prefixes):
+            continue
         module_name = name.removesuffix(".weight")
         if module_name not in modules or not hasattr(modules[module_name], "set_int6"):
             raise ValueError(f"{path}: int6 tensor {name} does not belong to a model Linear layer")

@@ -99,12 +99,27 @@ def test_tokenizer_vocab_mismatch_is_a_clear_error(tmp_path, data_dir):
         main([str(model_path), "--data", str(data_dir), "--no-progress"])
 
 
-def test_int6_kernel_needs_an_artifact_and_excludes_ttt(tmp_path, data_dir):
+def test_int6_kernel_needs_an_artifact(tmp_path, data_dir):
     model_path = save_model_file(make_model(), tmp_path / "final_model.pt")
     with pytest.raises(ValueError, match="needs a quantized artifact"):
         main([str(model_path), "--data", str(data_dir), "--int6-kernel", "--no-progress"])
-    with pytest.raises(SystemExit, match="cannot be combined"):
-        main([str(model_path), "--data", str(data_dir), "--int6-kernel", "--ttt", "--no-progress"])
+
+
+def test_int6_kernel_with_ttt_runs_the_frozen_blocks_on_int6(tmp_path, data_dir, capsys):
+    from quant.artifact import save_artifact
+    model = make_model()
+    artifact = tmp_path / "model.tgz"
+    save_artifact(model.state_dict(), model.cfg.to_dict(), artifact)
+    args = [str(artifact), "--data", str(data_dir), "--stride", "32", "--max-tokens", "256", "--ttt",
+            "--ttt-chunk", "64", "--ttt-epochs", "2", "--ttt-lr", "0.01", "--ttt-freeze", "1", "--no-progress"]
+    main(args)
+    plain = last_json_line(capsys)
+    main(args + ["--int6-kernel"])
+    with_kernel = last_json_line(capsys)
+    assert with_kernel["val_bpb"] == pytest.approx(plain["val_bpb"], rel=1e-4)
+    assert with_kernel["val_bpb"] != with_kernel["pre_ttt_val_bpb"]  # TTT trained the unfrozen blocks
+    loaded, _, _ = load_model(artifact, int6_kernel=True, int6_prefixes=("blocks.0.",))
+    assert {name.split(".")[1]: linear.has_int6 for name, linear in loaded.block_linears()} == {"0": True, "1": False}
 
 
 def test_cli_rejects_a_file_that_is_neither_artifact_nor_model(tmp_path, data_dir):
