@@ -26,8 +26,8 @@ class DistContext:
 
 
 def setup_distributed() -> DistContext:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU), or run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
