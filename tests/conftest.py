@@ -52,3 +52,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """One intra-op thread per test: the shapes are tiny, and on a small shared CPU more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small embedded corpus (150 KB of CPython text, its own tokenizer), built once per test session."""
+    from train.data.embedded import ensure_embedded_corpus
+    return ensure_embedded_corpus(tmp_path_factory.mktemp("corpus") / "embedded", max_bytes=150_000)

@@ -7,23 +7,11 @@ import torch
 from model.config import get_config
 from train.checkpoint import atomic_torch_save, load_checkpoint
 from train.config import get_train_config
-from train.data.embedded import ensure_embedded_corpus
 from train.loop import run_training
 
 SMALL_MODEL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=32, bigram_dim=32, ve_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return ensure_embedded_corpus(tmp_path_factory.mktemp("corpus") / "embedded", max_bytes=150_000)
 
 
 def configs():

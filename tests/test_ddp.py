@@ -10,7 +10,6 @@ import torch
 
 from model.config import get_config
 from train.config import get_train_config
-from train.data.embedded import ensure_embedded_corpus
 from train.loop import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +23,7 @@ def metrics(out):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_grad_accum(tmp_path):
-    corpus = ensure_embedded_corpus(tmp_path / "embedded", max_bytes=150_000)
+def test_two_process_ddp_matches_grad_accum(tmp_path, corpus):
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train",
            "--preset", "tiny", "--data", str(corpus), "--out", str(ddp_out), "--grad-accum", "1",
@@ -39,13 +37,8 @@ def test_two_process_ddp_matches_grad_accum(tmp_path):
     final = json.loads(proc.stdout.strip().splitlines()[-1])
     assert final["world_size"] == 2 and final["grad_accum"] == 1
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_training(get_train_config("tiny", grad_accum=2, **RUN), get_config("tiny", **SMALL_MODEL), corpus,
-                     single_out, progress=False)
-    finally:
-        torch.set_num_threads(before)
+    run_training(get_train_config("tiny", grad_accum=2, **RUN), get_config("tiny", **SMALL_MODEL), corpus,
+                 single_out, progress=False)
 
     got, want = metrics(ddp_out), metrics(single_out)
     assert [s for s, _, _ in got] == [s for s, _, _ in want] == [1, 2, 3, 4]

@@ -24,14 +24,6 @@ BLOCK_SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a small, shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def seed_meta():
     with torch.device("meta"):

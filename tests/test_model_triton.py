@@ -37,14 +37,6 @@ EAGER_ATEN_MARKERS = ("scaled_dot_product", "softmax", "nll_loss", "cross_entrop
 GRAD_RTOL, GRAD_ATOL_OF_MAX = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a small, shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class OpRecorder(TorchDispatchMode):
     """Records the name of every op that reaches the dispatcher below autograd (forward and backward)."""

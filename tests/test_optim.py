@@ -15,14 +15,6 @@ OPT_ARGS = dict(matrix_lr=0.025, scalar_lr=0.025, tok_lr=0.035, decoder_lr_mult=
                 muon_wd=0.04, adam_wd=0.04, adam_betas=(0.9, 0.95), adam_eps=1e-8)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a small, shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def seed_meta():
     with torch.device("meta"):

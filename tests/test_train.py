@@ -9,24 +9,11 @@ import train.__main__ as cli
 from model.config import get_config
 from model.gpt import GPT
 from train.config import get_train_config
-from train.data.embedded import ensure_embedded_corpus
 from train.loop import TrainingDiverged, run_training
 
 # a model small enough for a few dozen CPU steps in a second or two
 SMALL_MODEL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=32, bigram_dim=32, ve_dim=32)
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a small, shared CPU more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return ensure_embedded_corpus(tmp_path_factory.mktemp("corpus") / "embedded", max_bytes=150_000)
 
 
 def small_configs(**train):
