@@ -103,15 +103,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def config_from_preset(cls, presets: dict, preset: str, overrides: dict, kind: str):
+    """`cls(**presets[preset])` with `overrides` applied; unknown presets and field names are errors."""
+    if preset not in presets:
+        raise ValueError(f"unknown {kind} preset {preset!r}; choose one of {sorted(presets)}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**{**presets[preset], **overrides})
+
+
 def get_config(preset: str = "seed", **overrides) -> ModelConfig:
     """The preset's ModelConfig with `overrides` applied (unknown names are an error)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = dict(PRESETS[preset])
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown ModelConfig fields {unknown}")
-    values.update(overrides)
-    return ModelConfig(**values)
+    return config_from_preset(ModelConfig, PRESETS, preset, overrides, "model")
 

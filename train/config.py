@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from model.config import config_from_preset
+
 
 @dataclass
 class TrainConfig:
@@ -77,15 +79,7 @@ TRAIN_PRESETS: dict[str, dict] = {
 
 
 def get_train_config(preset: str = "seed", **overrides) -> TrainConfig:
-    if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    values = dict(TRAIN_PRESETS[preset])
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown TrainConfig fields {unknown}")
-    values.update(overrides)
-    cfg = TrainConfig(**values)
+    cfg = config_from_preset(TrainConfig, TRAIN_PRESETS, preset, overrides, "training")
     if cfg.warmdown_shape not in ("linear", "cosine"):
         raise ValueError(f"warmdown_shape must be 'linear' or 'cosine', got {cfg.warmdown_shape!r}")
     return cfg
