@@ -63,6 +63,30 @@ def one_cpu_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state (torch, CUDA, random, numpy): a test that depends on its
+    draws fails every time or never, not one run in six."""
+    import random
+
+    import numpy as np
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)  # seeds CUDA too when present
+    yield
+
+
+@pytest.fixture(autouse=True)
+def restore_matmul_flags():
+    """Save and restore the global TF32 / matmul-precision switches (the training loop sets them), so one test's
+    settings never change another test's tolerances on a GPU."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+    torch.set_float32_matmul_precision(saved[2])
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small embedded corpus (150 KB of CPython text, its own tokenizer), built once per test session."""
