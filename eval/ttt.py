@@ -202,7 +202,9 @@ def ttt_evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts=None, *,
 class _fake_quant:
     """Turn the model's fake int6 STE quantization (GPT.set_late_qat) on for TTT training forwards (--ttt-qat).
 
-    598 ran its TTT adaptation with late QAT active (spec §6.3); scoring always uses the plain float weights.
+    598 ran its TTT adaptation with late QAT active (spec §6.3), and its flag is class-wide on CastedLinear, so
+    it covers the block matrices and the bigram and value-embedding projections: GPT.qat_linears() is that
+    set. Scoring always uses the plain float weights.
     """
 
     def __init__(self, model: torch.nn.Module, enabled: bool):

@@ -1,7 +1,7 @@
 """The seed GPT (PR #598 "11L GEPA", seed-spec §3): embedding front-end, gated U-Net of blocks, tied softcap head.
 
 forward(x, y) -> mean NLL (fp32); per_token_nll(x, y) -> (B, T) fp32 NLL. The kernel backend is one switch
-(`set_backend`); late QAT is one explicit flag (`set_late_qat`), a plain attribute on the block linears.
+(`set_backend`); late QAT is one explicit flag (`set_late_qat`), a plain attribute on every Linear (`qat_linears`).
 """
 from __future__ import annotations
 
@@ -72,17 +72,25 @@ class GPT(nn.Module):
         self.cfg.backend = name
 
     def block_linears(self) -> list[tuple[str, Linear]]:
-        """(name, module) of the block matrices: the int6 / late-QAT / Muon set."""
+        """(name, module) of the block matrices: the int6 / Muon set."""
         return [(f"blocks.{n}", m) for n, m in self.blocks.named_modules() if isinstance(m, Linear)]
 
+    def qat_linears(self) -> list[tuple[str, Linear]]:
+        """(name, module) of every Linear: the fake-quant set of late QAT and of TTT with --ttt-qat.
+
+        PR #598's QAT switch is a class-wide flag on CastedLinear, so it covers the block matrices *and* the
+        bigram and value-embedding projections (when built); the tied head is no Linear in either model.
+        """
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, Linear)]
+
     def set_late_qat(self, enabled: bool) -> None:
-        """Fake-quantize (int6 STE) the block matrices in train-mode forwards while enabled."""
-        for _, module in self.block_linears():
+        """Fake-quantize (int6 STE) every `qat_linears()` weight in train-mode forwards while enabled."""
+        for _, module in self.qat_linears():
             module.fake_quant = bool(enabled)
 
     @property
     def late_qat(self) -> bool:
-        return any(m.fake_quant for _, m in self.block_linears())
+        return any(m.fake_quant for _, m in self.qat_linears())
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

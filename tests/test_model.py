@@ -156,6 +156,48 @@ def test_late_qat_only_in_train_mode():
     model.set_late_qat(False)
 
 
+def test_qat_set_is_every_linear_by_name(seed_meta, tiny):
+    """Late QAT and --ttt-qat fake-quantize what PR #598's class-wide CastedLinear flag covers: the block
+    matrices plus the bigram and value-embedding projections (where built)."""
+    blocks = {f"blocks.{i}.{m}" for i in range(11) for m in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up",
+                                                             "mlp.down")}
+    assert {n for n, _ in seed_meta.qat_linears()} == blocks | {"bigram.proj", "value_embed.proj"}
+    assert {n for n, _ in seed_meta.block_linears()} == blocks  # the int6 / Muon set stays the block matrices
+    tiny_blocks = {f"blocks.{i}.{m}" for i in range(4) for m in ("attn.q", "attn.k", "attn.v", "attn.o",
+                                                                 "mlp.up", "mlp.down")}
+    assert {n for n, _ in tiny.qat_linears()} == tiny_blocks | {"bigram.proj"}  # tiny: 64 == 64, no VE proj
+    try:
+        tiny.set_late_qat(True)
+        assert {n for n, m in tiny.named_modules() if getattr(m, "fake_quant", False)} == tiny_blocks | {"bigram.proj"}
+        tiny.train()
+        w = tiny.bigram.proj.weight
+        assert not torch.equal(tiny.bigram.proj.effective_weight(), w)
+        torch.testing.assert_close(tiny.bigram.proj.effective_weight(), fake_quant_int6(w))
+    finally:
+        tiny.set_late_qat(False)
+        tiny.eval()
+    assert not tiny.late_qat
+
+
+def test_projections_only_where_the_widths_differ():
+    """The seed builds the VE projection only when ve_dim != kv_dim (and the bigram one when bigram_dim !=
+    model_dim); without one the table feeds v (or the residual) directly."""
+    torch.manual_seed(0)
+    tiny = GPT(get_config("tiny"))
+    assert tiny.cfg.ve_dim == tiny.cfg.kv_dim == 64 and tiny.value_embed.proj is None
+    assert not any(k.startswith("value_embed.proj") for k in tiny.state_dict())
+    assert tiny.num_params() == 816_788
+    ids = torch.randint(0, tiny.cfg.vocab_size, (2, 9))
+    torch.testing.assert_close(tiny.value_embed(ids), tiny.value_embed.embed.weight[ids] * 0.1)
+    wide = GPT(get_config("tiny", ve_dim=32, bigram_dim=128))
+    assert tuple(wide.value_embed.proj.weight.shape) == (64, 32) and wide.bigram.proj is None
+    with torch.no_grad():
+        wide.bigram.embed.weight.normal_()  # zero at init: make the comparison below meaningful
+    torch.testing.assert_close(wide.bigram(ids), wide.bigram.embed.weight[bigram_buckets(ids, 256)] * 0.05)
+    x, y = tiny_batch(wide.cfg)
+    assert torch.isfinite(wide(x, y))
+
+
 def test_int6_weights_match_dequantized_float():
     torch.manual_seed(0)
     model = GPT(get_config("tiny"))

@@ -12,11 +12,12 @@ from model.gpt import GPT
 VOCAB, SEQ = 64, 32
 
 
-def tiny_model(seed: int = 0) -> GPT:
+def tiny_model(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
-    cfg = get_config("tiny", vocab_size=VOCAB, num_layers=2, ve_layers=(1,), xsa_last_n=1, model_dim=64,
-                     num_heads=2, num_kv_heads=1, mlp_hidden=128, seq_len=SEQ, rope_train_seq_len=SEQ,
-                     bigram_buckets=64, bigram_dim=32, ve_dim=32)
+    cfg = get_config("tiny", **{**dict(vocab_size=VOCAB, num_layers=2, ve_layers=(1,), xsa_last_n=1, model_dim=64,
+                                       num_heads=2, num_kv_heads=1, mlp_hidden=128, seq_len=SEQ,
+                                       rope_train_seq_len=SEQ, bigram_buckets=64, bigram_dim=32, ve_dim=32),
+                                    **overrides})
     return GPT(cfg)
 
 
@@ -124,6 +125,33 @@ def test_momentum_persists_and_qat_flag_is_restored():
     ttt.train_chunk(0)
     assert ttt.optimizer is optimizer and optimizer.state  # one optimizer, momentum buffers kept
     assert model.late_qat is False
+
+
+def test_ttt_qat_fake_quantizes_the_seed_set_by_name(monkeypatch):
+    """--ttt-qat covers what PR #598's class-wide QAT flag covers: the block matrices (the frozen blocks'
+    too) and the bigram and value-embedding projections; scoring forwards use the plain weights."""
+    import model.layers
+    tokens, nbytes = learnable_stream(1 + 3 * 128)
+    model_ = tiny_model(ve_dim=16)  # ve_dim != kv_dim (32), so the VE projection exists as in the seed preset
+    want = {f"blocks.{i}.{m}" for i in range(2) for m in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up",
+                                                          "mlp.down")} | {"bigram.proj", "value_embed.proj"}
+    assert {n for n, _ in model_.qat_linears()} == want
+    names = {id(m.weight): n for n, m in model_.qat_linears()}
+    quantized = {"train": set(), "eval": set()}
+    real = model.layers.fake_quant_int6
+
+    def recording(w):
+        quantized["train" if model_.training else "eval"].add(names[id(w)])
+        return real(w)
+
+    monkeypatch.setattr(model.layers, "fake_quant_int6", recording)
+    ttt = ScoreFirstTTT(model_, tokens, target_bytes=nbytes, stride=16, batch=8,
+                        config=TTTConfig(chunk_tokens=128, epochs=1, lr=0.01, qat=True))
+    ttt.score_chunk(0)
+    ttt.train_chunk(0)
+    ttt.score_chunk(1)
+    assert quantized == {"train": want, "eval": set()}
+    assert model_.late_qat is False
 
 
 def test_chunk_size_must_align_with_the_window():
