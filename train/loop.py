@@ -51,16 +51,20 @@ def resolve_tokenizer(data_dir: Path, tokenizer_path) -> Path:
 
 
 def run_training(tcfg: TrainConfig, mcfg: ModelConfig, data_dir, out_dir, *, tokenizer_path=None, resume=None,
-                 stop_at_step: int | None = None, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns the summary dict also printed as the last stdout line (rank 0)."""
+                 stop_at_step: int | None = None, progress: bool = True, logger_factory=MetricsLogger) -> dict:
+    """Train (or resume) a run; returns the summary dict also printed as the last stdout line (rank 0).
+
+    `logger_factory` builds the metrics logger (a MetricsLogger subclass can also echo each record, as the
+    bundled challenge script does with the challenge's log lines)."""
     ctx = setup_distributed()
     try:
-        return _train(ctx, tcfg, mcfg, Path(data_dir), Path(out_dir), tokenizer_path, resume, stop_at_step, progress)
+        return _train(ctx, tcfg, mcfg, Path(data_dir), Path(out_dir), tokenizer_path, resume, stop_at_step, progress,
+                      logger_factory)
     finally:
         teardown_distributed(ctx)
 
 
-def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_step, progress) -> dict:
+def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_step, progress, logger_factory) -> dict:
     device, world = ctx.device, ctx.world_size
     on_cuda = device.type == "cuda"
     # ---- inputs: fail before any training ----
@@ -123,7 +127,7 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     if world > 1:
         train_model = DDP(train_model, device_ids=[device.index] if on_cuda else None, broadcast_buffers=False)
 
-    logger = MetricsLogger(out_dir / METRICS_NAME, enabled=ctx.is_main, append=resume is not None)
+    logger = logger_factory(out_dir / METRICS_NAME, enabled=ctx.is_main, append=resume is not None)
     if resume is not None:
         logger.truncate_after(step)
     max_ms = tcfg.max_wallclock_seconds * 1000.0
