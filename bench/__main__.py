@@ -39,7 +39,8 @@ def pytest_args(args: argparse.Namespace, json_path: str | None) -> list[str]:
 
 
 def measured_cases(json_path: str) -> tuple[list[dict], float | None]:
-    """Case figures and the bf16 peak from pytest-benchmark's JSON (stored there by bench/conftest.py)."""
+    """Case figures and the bf16 peak from pytest-benchmark's JSON (the first case of each test, stored there by
+    bench/conftest.py). Full runs read the case log instead (bench.case_log), which holds every case."""
     report = json.loads(Path(json_path).read_text())
     infos = [b["extra_info"] for b in report.get("benchmarks", []) if "ms" in b.get("extra_info", {})]
     peak = next((i["bf16_peak_tflops"] for i in infos if i.get("bf16_peak_tflops")), None)
@@ -64,10 +65,13 @@ def main(argv=None) -> int:
         code = int(pytest.main(pytest_args(args, args.json)))
         print(f"quick mode: no figures claimed ({time.perf_counter() - start:.0f} s, pytest exit {code})")
         return code
+    from bench import case_log
+
     with tempfile.TemporaryDirectory() as tmp:
         json_path = args.json or os.path.join(tmp, "bench.json")
+        log_path = os.environ.setdefault(case_log.ENV_VAR, os.path.join(tmp, "cases.jsonl"))
         code = int(pytest.main(pytest_args(args, json_path)))
-        cases, peak = measured_cases(json_path) if Path(json_path).exists() else ([], None)
+        cases, peak = case_log.read_cases(log_path)
     if args.no_history or not cases:
         print(f"python -m bench: {len(cases)} cases measured; history not written"
               + (" (--no-history)" if args.no_history else ""))

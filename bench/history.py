@@ -171,6 +171,7 @@ def render_markdown(records: list[dict]) -> str:
             lines.append(f"| {case} | {variant} | {_fmt(f.get('ms'))} | {_fmt(f.get('tokens_per_s'), 'tokens')} | "
                          f"{_fmt(f.get('tflops'))} | {_fmt(f.get('gbps'))} | {_fmt(f.get('peak_mib'))} | "
                          f"{_fmt(f.get('mfu'), 'percent')} | `{_short_sha(record['git_sha'])}` |")
+    lines += _gpu_check_lines(newest)
     variants = _ordered_variants({f["variant"] for r in records for f in r["cases"]
                                   if f["case"].startswith(HEADLINE_PREFIXES)})
     lines += ["", "## History (headline cases, tokens/s)", "",
@@ -187,6 +188,30 @@ def render_markdown(records: list[dict]) -> str:
                          + " | ".join(cells) + " |")
     lines += ["", "![tokens/s of the headline cases across commits](bench/history.png)", ""]
     return "\n".join(lines)
+
+
+def _gpu_check_lines(record: dict) -> list[str]:
+    """The newest record's `python -m bench.gpu_check` stages (tests run, time guards) and TTT projection."""
+    check = record.get("gpu_check")
+    if not check:
+        return []
+    env = check.get("environment", {})
+    lines = ["", "## GPU check of the newest record", "",
+             f"`python -m bench.gpu_check`: {env.get('device')}, driver {env.get('driver')}, Python {env.get('python')}, "
+             f"{check.get('seconds', 0):.0f} s of a {check.get('budget_s', 0):.0f} s budget.", "",
+             "| stage | status | s | tests | failed | errors | skipped | cases measured |", "|---|---|---|---|---|---|---|---|"]
+    for stage in check.get("stages", []):
+        t = stage.get("tests") or {}
+        lines.append(f"| {stage['name']} | {stage['status']} | {stage.get('seconds', 0):.0f} | {t.get('tests', '—')} | "
+                     f"{t.get('failures', '—')} | {t.get('errors', '—')} | {t.get('skipped', '—')} | "
+                     f"{stage.get('measured', '—')} |")
+    projection = check.get("projections", {}).get("ttt_full_validation")
+    if projection:
+        lines += ["", f"Projected full-validation score-first TTT on this GPU ({projection['epochs']} epochs, "
+                  f"{projection['windows']:,} windows): {projection['total_s']:.0f} s = scoring "
+                  f"{projection['score_s']:.0f} s ({projection['score_variant']}) + training {projection['train_s']:.0f} s "
+                  f"({projection['train_variant']})."]
+    return lines
 
 
 def plot_history(records: list[dict], path: Path = PLOT_PATH) -> str | None:

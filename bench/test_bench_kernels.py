@@ -7,8 +7,6 @@ Training-shape cases time forward + backward (gradients by torch.autograd.grad, 
 """
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,16 +109,73 @@ def test_relu2_mlp(variant, shapes, measure, variant_fn):
             flops=2 * flops.linear_flops(s.rows, s.mlp_hidden, s.model_dim, backward=True))
 
 
+def _element_size(dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def _memory_dtypes(shapes, *full_dtypes):
+    """The dtypes a memory-bound case runs in: those the model feeds the op on a GPU, fp32 in quick mode."""
+    return [torch.float32] if shapes.quick else list(full_dtypes)
+
+
 @pytest.mark.parametrize("variant", ["eager", "compile", "triton"])
 def test_rms_norm(variant, shapes, measure, variant_fn):
+    """The residual stream is fp32 in the model (fp32 params + bf16 branch outputs), so rms_norm sees fp32;
+    bf16 is timed too for a bf16-residual model."""
     s = shapes
     op = variant_fn("rms_norm", variant)
-    sets = [(_randn((s.rows, s.model_dim), s, grad=True), _randn((s.rows, s.model_dim), s))
-            for _ in range(s.input_sets)]
-    element_bytes = s.rows * s.model_dim * torch.tensor([], dtype=s.dtype).element_size()
-    measure("rms_norm fwd+bwd", variant, forward_backward(op, 1), sets, tokens=s.rows,
-            shape=f"M{s.rows} d{s.model_dim} {_dtype_name(s.dtype)}",
+    for dtype in _memory_dtypes(s, torch.float32, torch.bfloat16):
+        sets = [(_randn((s.rows, s.model_dim), s, dtype, grad=True), _randn((s.rows, s.model_dim), s, dtype))
+                for _ in range(s.input_sets)]
+        element_bytes = s.rows * s.model_dim * _element_size(dtype)
+        measure(f"rms_norm fwd+bwd {_dtype_name(dtype)}", variant, forward_backward(op, 1), sets, tokens=s.rows,
+                shape=f"M{s.rows} d{s.model_dim} {_dtype_name(dtype)}",
+                bytes_moved=5 * element_bytes)  # fwd: read x, write y; bwd: read x and dy, write dx
+
+
+def _rope_tables(shapes, rope_dims: int):
+    positions = torch.arange(shapes.seq_len, device=shapes.device, dtype=torch.float32)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, rope_dims, 2, device=shapes.device, dtype=torch.float32) / rope_dims)
+    angles = positions[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+QK_ROPE_FUNCTIONS = {"eager": ("kernels.reference", "qk_norm_rope"), "triton": ("kernels.rope", "qk_norm_rope")}
+
+
+@pytest.mark.parametrize("variant", ["eager", "compile", "triton"])
+def test_qk_norm_rope(variant, shapes, measure, import_or_skip, compile_fn):
+    """q of one layer (B, T, 8, 64) in bf16 (the q projection's output under autocast), rope dims 16, q gain."""
+    s = shapes
+    module, name = QK_ROPE_FUNCTIONS["eager" if variant == "compile" else variant]
+    op = getattr(import_or_skip(module), name)
+    op = compile_fn(op) if variant == "compile" else op
+    rope_dims = 16
+    cos, sin = _rope_tables(s, rope_dims)
+    dtype = _memory_dtypes(s, torch.bfloat16)[0]
+    batch = max(s.rows // s.seq_len, 1)
+    shape = (batch, s.seq_len, s.num_heads, s.head_dim)
+    sets = [(_randn(shape, s, dtype, grad=True), torch.ones(s.num_heads, device=s.device, requires_grad=True),
+             _randn(shape, s, dtype)) for _ in range(s.input_sets)]
+
+    def fn(x, gain, grad_out):
+        y = op(x, cos, sin, rope_dims, gain)
+        return torch.autograd.grad(y, (x, gain), grad_out)
+    element_bytes = batch * s.seq_len * s.num_heads * s.head_dim * _element_size(dtype)
+    measure(f"qk_norm_rope fwd+bwd {_dtype_name(dtype)}", variant, fn, sets, tokens=batch * s.seq_len,
+            shape=f"B{batch} T{s.seq_len} H{s.num_heads} D{s.head_dim} rope{rope_dims} {_dtype_name(dtype)}",
             bytes_moved=5 * element_bytes)  # fwd: read x, write y; bwd: read x and dy, write dx
+
+
+def test_copy_ceiling(shapes, measure):
+    """A device-to-device copy of the residual stream's size: the GB/s ceiling beside the memory-bound cases."""
+    s = shapes
+    dtype = _memory_dtypes(s, torch.float32)[0]
+    sets = [(_randn((s.rows, s.model_dim), s, dtype), torch.empty(s.rows, s.model_dim, device=s.device, dtype=dtype))
+            for _ in range(s.input_sets)]
+    measure("copy ceiling", "torch", lambda src, dst: dst.copy_(src), sets, tokens=s.rows,
+            shape=f"M{s.rows} d{s.model_dim} {_dtype_name(dtype)}",
+            bytes_moved=2 * s.rows * s.model_dim * _element_size(dtype))  # read + write
 
 
 @pytest.mark.parametrize("variant", ["eager", "compile", "triton"])
@@ -131,7 +186,9 @@ def test_softcap_cross_entropy(variant, shapes, measure, variant_fn):
     def fn(x, weight, targets, grad_out):
         nll = op(x, weight, targets, s.logit_softcap)
         return torch.autograd.grad(nll, (x, weight), grad_out)
-    sets = [(_randn((s.rows, s.model_dim), s, grad=True), _randn((s.vocab_size, s.model_dim), s, grad=True, scale=0.05),
+    # x reaches the head in the autocast dtype (the op casts the final norm's fp32 output); the tied weight is fp32
+    sets = [(_randn((s.rows, s.model_dim), s, grad=True),
+             _randn((s.vocab_size, s.model_dim), s, torch.float32, grad=True, scale=0.05),
              torch.randint(0, s.vocab_size, (s.rows,), device=s.device),
              torch.full((s.rows,), 1.0 / s.rows, device=s.device)) for _ in range(s.input_sets)]
     measure("softcap_cross_entropy fwd+bwd", variant, fn, sets, tokens=s.rows,
@@ -143,21 +200,26 @@ def pytest_generate_tests(metafunc):
     """int6 shapes: M x every (N, K) pair of the mode's shape set (full or quick)."""
     if "int6_shape" in metafunc.fixturenames:
         s = get_shapes(metafunc.config.getoption("--bench-quick"))
-        cases = [(m, n, k) for m in s.int6_rows for n, k in itertools.product(s.int6_features, repeat=2)]
+        cases = [(m, n, k) for m in s.int6_rows for n, k in s.int6_features]
         metafunc.parametrize("int6_shape", cases, ids=[f"M{m}-N{n}-K{k}" for m, n, k in cases])
 
 
+@pytest.mark.parametrize("mode", ["fwd", "fwd+dx"])
 @pytest.mark.parametrize("variant", ["eager", "dequant_once", "triton"])
-def test_int6_linear(variant, int6_shape, shapes, measure, variant_fn):
+def test_int6_linear(variant, mode, int6_shape, shapes, measure, variant_fn):
+    """y = x W^T (fwd), or y and then dx = dy W (fwd+dx: what TTT needs through frozen int6 blocks), W (N, K) int6.
+
+    Baselines: the eager twin (unpacks and dequantizes W on every call, then cuBLAS) and `dequant_once`
+    (W dequantized to the activation dtype once and cached: bf16 cuBLAS, the bar at large M)."""
     m, n, k = int6_shape
     s = shapes
     if variant == "dequant_once":
-        def fn(x, packed, scales, weight):
+        def forward(x, packed, scales, weight):
             return F.linear(x, weight)
     else:
         op = variant_fn("int6_linear", variant)
 
-        def fn(x, packed, scales, weight):
+        def forward(x, packed, scales, weight):
             return op(x, packed, scales, k)
     sets = []
     for _ in range(s.input_sets):
@@ -165,7 +227,14 @@ def test_int6_linear(variant, int6_shape, shapes, measure, variant_fn):
         scales = torch.rand(n, device=s.device) * 0.01 + 1 / 31
         packed = pack_int6(q)
         weight = (unpack_int6(packed, k).float() * scales[:, None]).to(s.dtype)  # the dequantize-once baseline
-        sets.append((_randn((m, k), s), packed, scales, weight))
+        x = _randn((m, k), s, grad=mode != "fwd")
+        sets.append((x, packed, scales, weight) if mode == "fwd" else (x, packed, scales, weight, _randn((m, n), s)))
+    if mode != "fwd":
+        def fn(x, packed, scales, weight, grad_out):
+            return torch.autograd.grad(forward(x, packed, scales, weight), (x,), grad_out)
+        measure(f"int6_linear fwd+dx M={m} N={n} K={k}", variant, fn, sets, tokens=m,
+                shape=f"M{m} N{n} K{k} {_dtype_name(s.dtype)}", flops=2 * flops.linear_flops(m, n, k))
+        return
     with torch.inference_mode():
-        measure(f"int6_linear M={m} N={n} K={k}", variant, fn, sets, tokens=m,
+        measure(f"int6_linear M={m} N={n} K={k}", variant, forward, sets, tokens=m,
                 shape=f"M{m} N{n} K{k} {_dtype_name(s.dtype)}", flops=flops.linear_flops(m, n, k))

@@ -1,9 +1,12 @@
-"""One full training step of the model (forward, backward, clip, Muon + AdamW step, EMA update) in tokens/s.
+"""One training step of the model in tokens/s: forward+backward alone, the whole step, and the optimizer alone.
 
-Variants (bench.shapes.MODEL_VARIANTS): eager ops, eager ops under torch.compile, Triton kernels, and
-Triton kernels under torch.compile — same preset, same weights, same batches, same process. One step is
-one micro-batch of 48 x 2048 tokens at the seed preset, under bf16 autocast (spec §3.12), with the
-optimizers, hyper-parameters and EMA of train.optim / train.config / train.ema, as train.loop runs them.
+Variants (bench.shapes.MODEL_VARIANTS): eager ops, eager ops under torch.compile (attention = the eager twin's
+SDPA, flash on a GPU in bf16), Triton kernels, and Triton kernels under torch.compile — same preset, same
+weights, same batches, same process. One step is one micro-batch of 48 x 2048 tokens at the seed preset, under
+bf16 autocast (spec §3.12), with the optimizers, hyper-parameters and EMA of train.optim / train.config /
+train.ema, as train.loop runs them. Each variant's test measures two cases on one (compiled) model:
+`train_fwd_bwd` (forward + backward) and `train_step` (that + clip + Muon + AdamW + EMA); `optimizer_step`
+times the clip + Muon + AdamW + EMA part alone on gradients already in place.
 """
 from __future__ import annotations
 
@@ -14,19 +17,31 @@ from bench import flops
 from bench.shapes import MODEL_VARIANTS
 
 
-@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
-def test_train_step(variant, shapes, build_model, token_batches, compile_fn, autocast, measure, import_or_skip):
+def _optimizers(model, cfg, shapes, import_or_skip):
+    """(optimizers, EMA, train config) exactly as train.loop builds them for the preset."""
     optim, train_config, ema = (import_or_skip(f"train.{name}") for name in ("optim", "config", "ema"))
-    cfg, model, compiled = build_model(variant)
-    model.bigram.scale.requires_grad_(True)  # as train.loop: in no optimizer, but its gradient counts toward the clip
     tc = train_config.get_train_config(shapes.model_preset)
     optimizers = optim.build_optimizers(
         model, cfg.num_encoder_layers, matrix_lr=tc.matrix_lr, scalar_lr=tc.scalar_lr, tok_lr=tc.tok_lr,
         decoder_lr_mult=tc.decoder_lr_mult, muon_momentum=tc.muon_momentum, muon_wd=tc.muon_wd,
         adam_wd=tc.adam_wd, adam_betas=(tc.adam_beta1, tc.adam_beta2), adam_eps=tc.adam_eps, ns_steps=tc.ns_steps)
-    average = ema.EMA(model, tc.ema_decay)
+    return optimizers, ema.EMA(model, tc.ema_decay), tc
+
+
+@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
+def test_train_step(variant, shapes, build_model, token_batches, compile_fn, autocast, measure, import_or_skip):
+    cfg, model, compiled = build_model(variant)
+    model.bigram.scale.requires_grad_(True)  # as train.loop: in no optimizer, but its gradient counts toward the clip
+    optimizers, average, tc = _optimizers(model, cfg, shapes, import_or_skip)
     forward = compile_fn(model) if compiled else model
     model.train()
+
+    def forward_backward(x, y):
+        with autocast():
+            loss = forward(x, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return loss
 
     def step(x, y):
         with autocast():
@@ -42,6 +57,32 @@ def test_train_step(variant, shapes, build_model, token_batches, compile_fn, aut
 
     seqs, seq_len = shapes.train_batch_seqs, cfg.seq_len
     tokens = seqs * seq_len
-    measure("train_step", variant, step, token_batches(seqs, seq_len, cfg.vocab_size), tokens=tokens,
-            shape=f"{shapes.model_preset} B{seqs} T{seq_len}", step=True,
-            flops=flops.train_flops_per_token(cfg, seq_len) * tokens)
+    batches = token_batches(seqs, seq_len, cfg.vocab_size)
+    shape = f"{shapes.model_preset} B{seqs} T{seq_len}"
+    step_flops = flops.train_flops_per_token(cfg, seq_len) * tokens
+    measure("train_fwd_bwd", variant, forward_backward, batches, tokens=tokens, shape=shape, step=True,
+            flops=step_flops)
+    measure("train_step", variant, step, batches, tokens=tokens, shape=shape, step=True, flops=step_flops)
+
+
+def test_optimizer_step(shapes, build_model, measure, import_or_skip):
+    """Clip + Muon + AdamW + EMA on the preset's parameters with random gradients in place (no model call)."""
+    cfg, model, _ = build_model("eager")
+    model.bigram.scale.requires_grad_(True)
+    optimizers, average, tc = _optimizers(model, cfg, shapes, import_or_skip)
+    generator = torch.Generator(device=shapes.device).manual_seed(5)
+    grads = [torch.randn(p.shape, device=shapes.device, generator=generator) * 1e-3 for p in model.parameters()]
+
+    def step():
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        average.update(model)
+
+    params = sum(p.numel() for p in model.parameters())
+    measure("optimizer_step", "muon+adamw", step, [()], tokens=shapes.train_batch_seqs * cfg.seq_len,
+            shape=f"{shapes.model_preset} {params:,} params", step=True)
