@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0 triton==3.7.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-quick bench clean-data
+.PHONY: install demo test bench-quick bench gpu-check-dry clean-data
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,3 +31,7 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# the GPU check's plumbing on the CPU (CI): every stage's selection runs at quick shapes; nothing is measured
+gpu-check-dry: $(STAMP)
+	$(PY) -m bench.gpu_check --dry-run --out $$(mktemp -d) --budget-s 900
