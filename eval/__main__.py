@@ -4,6 +4,12 @@ MODEL is a compressed artifact (recognised by its magic) or a trained model / ch
 sliding-window val_loss and val_bpb (the pre-TTT score), then with --ttt the post-TTT score and timing, and
 last a one-line JSON summary. Runs on CPU or GPU (bf16 autocast); under torchrun the windows and the TTT
 sequences are split across ranks and the float64 sums all-reduced.
+
+Everything is checked before the first window is scored: the arguments' ranges, the output paths, the model
+file (eval.loading), the tokenizer against the model (vocab size and, where the file records it, the tokenizer's
+fingerprint: another tokenizer of the same size would give a wrong val_bpb), and the TTT settings against the
+model (chunk a multiple of the window, frozen blocks within its depth). Errors are one line (train.cli_errors);
+a non-finite figure in the summary makes the exit status 1.
 """
 from __future__ import annotations
 
@@ -15,32 +21,38 @@ from pathlib import Path
 import torch
 
 from eval.distributed import init_from_env, shutdown
-from eval.loading import load_model
+from eval.loading import build_model, read_model_source
 from eval.report import ChunkLog, plot_chunks, summary_line, write_json
 from eval.scoring import evaluate, stream_target_bytes
 from eval.ttt import TTTConfig, ttt_evaluate
+from train.cli_errors import (ArgumentParser, CLIError, check_cuda_device, check_input_file, check_output_file,
+                              fail_on_nonfinite, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                              run_cli, unit_interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     p.add_argument("model", help="artifact (quant.artifact) or model/checkpoint file ({'config','model'})")
     p.add_argument("--data", required=True, help="folder holding fineweb_val_*.bin shards")
     p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
-    p.add_argument("--stride", type=int, default=64, help="sliding-window stride (default 64)")
-    p.add_argument("--window", type=int, help="window length (default: the model's seq_len)")
-    p.add_argument("--batch", type=int, default=32, help="windows per forward (default 32)")
-    p.add_argument("--max-tokens", type=int, help="score only the first N targets of the val stream")
+    p.add_argument("--stride", type=positive_int, default=64, help="sliding-window stride (default 64)")
+    p.add_argument("--window", type=positive_int, help="window length (default: the model's seq_len)")
+    p.add_argument("--batch", type=positive_int, default=32, help="windows per forward (default 32)")
+    p.add_argument("--max-tokens", type=positive_int, help="score only the first N targets of the val stream")
     p.add_argument("--seed-quirk", action="store_true",
                    help="reproduce PR 598's duplicated tail windows (last `stride` targets scored repeatedly)")
     p.add_argument("--ttt", action="store_true", help="legal score-first test-time training")
-    p.add_argument("--ttt-epochs", type=int, default=10)
-    p.add_argument("--ttt-chunk", type=int, default=32768, help="TTT chunk size in tokens")
-    p.add_argument("--ttt-lr", type=float, default=0.002)
-    p.add_argument("--ttt-freeze", type=int, default=2, help="freeze the first N blocks")
-    p.add_argument("--ttt-momentum", type=float, default=0.9)
-    p.add_argument("--ttt-clip", type=float, default=1.0, help="gradient-norm clip (0 = off)")
-    p.add_argument("--ttt-warmup", type=float, default=0.0, help="linear LR warmup over this fraction of chunks")
-    p.add_argument("--ttt-batch-seqs", type=int, default=32, help="sequences per TTT micro-batch")
+    p.add_argument("--ttt-epochs", type=nonnegative_int, default=10, help="SGD epochs per chunk (default 10)")
+    p.add_argument("--ttt-chunk", type=positive_int, default=32768,
+                   help="TTT chunk size in tokens, a multiple of the window (default 32768)")
+    p.add_argument("--ttt-lr", type=positive_float, default=0.002, help="peak SGD learning rate (default 0.002)")
+    p.add_argument("--ttt-freeze", type=nonnegative_int, default=2,
+                   help="freeze the first N blocks (at most the model's depth; default 2)")
+    p.add_argument("--ttt-momentum", type=unit_interval, default=0.9, help="SGD momentum in [0, 1] (default 0.9)")
+    p.add_argument("--ttt-clip", type=nonnegative_float, default=1.0, help="gradient-norm clip (0 = off)")
+    p.add_argument("--ttt-warmup", type=unit_interval, default=0.0,
+                   help="linear LR warmup over this fraction of chunks")
+    p.add_argument("--ttt-batch-seqs", type=positive_int, default=32, help="sequences per TTT micro-batch")
     p.add_argument("--ttt-qat", action="store_true", help="fake int6 STE quantization in TTT training forwards")
     p.add_argument("--skip-baseline", action="store_true", help="with --ttt, skip the pre-TTT sliding score")
     p.add_argument("--log", "--chunk-log", dest="log",
@@ -51,48 +63,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int6-kernel", action="store_true",
                    help="run int6 matrices through the int6-dequant matmul (with --ttt: the frozen blocks only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the scoring and TTT forwards (GPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cpu-threads", type=int, help="torch CPU threads (1 is fastest on small, busy machines)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--cpu-threads", type=positive_int,
+                   help="torch CPU threads (1 is fastest on small, busy machines)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (also off when stderr is not a terminal)")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the evaluation; returns the summary. Bad input: one error line, then SystemExit with a non-zero code."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        result = run_cli(lambda: run(args))
     finally:
         shutdown()
+    if isinstance(result, int):
+        raise SystemExit(result)
+    code = fail_on_nonfinite({k: v for k, v in result.items() if k in FIGURES})
+    if code:
+        raise SystemExit(code)
+    return result
+
+
+FIGURES = ("val_loss", "val_bpb", "pre_ttt_val_bpb", "post_ttt_val_bpb", "ttt")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The report files (replaced if present) must be writable before any work starts."""
+    if args.log:
+        check_output_file(args.log, overwrite=True, flag="--log")
+        check_output_file(Path(args.log).with_suffix(".png"), overwrite=True, flag="--log's plot")
+    if args.json:
+        check_output_file(args.json, overwrite=True, flag="--json")
+
+
+def check_settings(args: argparse.Namespace, cfg, window: int, world: int) -> None:
+    """The arguments that depend on the model, checked before the first window is scored."""
+    if args.stride > window:
+        raise CLIError(f"--stride {args.stride} is larger than the window {window}; targets would go unscored")
+    if not args.ttt:
+        return
+    if args.ttt_freeze > cfg.num_layers:
+        raise CLIError(f"--ttt-freeze {args.ttt_freeze}: the model has only {cfg.num_layers} blocks")
+    if args.ttt_chunk % window:
+        raise CLIError(f"--ttt-chunk {args.ttt_chunk} must be a multiple of the window {window} (TTT trains on "
+                       "whole sequences aligned to the chunk start)")
+    if (args.ttt_chunk // window) % world:
+        raise CLIError(f"--ttt-chunk {args.ttt_chunk} holds {args.ttt_chunk // window} sequences, which do not "
+                       f"split evenly over {world} ranks")
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Load, score (and with --ttt adapt), report; returns the summary dict printed last."""
-    from train.data.shards import load_validation_tokens
+    """Check, load, score (and with --ttt adapt), report; returns the summary dict printed last."""
+    from train.data.shards import list_shards, load_validation_tokens
     from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
+    from train.provenance import check_tokenizer
 
+    check_cuda_device(args.device)
+    check_outputs(args)
+    list_shards(args.data, "val")
+    tokenizer_path = check_input_file(Path(args.tokenizer) if args.tokenizer else Path(args.data) / "tokenizer.model",
+                                      "tokenizer")
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     if not args.device.startswith("cuda"):
         # Triton kernels on CPU run under the interpreter, which is read when kernels are decorated (at import)
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    rank, world, device = init_from_env(args.device)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze)) if args.ttt else None
-    model, cfg, kind = load_model(args.model, device=device, backend=args.backend, int6_kernel=args.int6_kernel,
-                                  int6_prefixes=frozen)
-    tokenizer_path = Path(args.tokenizer) if args.tokenizer else Path(args.data) / "tokenizer.model"
+    source = read_model_source(args.model, int6_kernel=args.int6_kernel)
+    cfg, kind = source.config, source.kind
     sp = load_tokenizer(tokenizer_path)
     try:
         check_vocab(sp, cfg.vocab_size)
     except ValueError as e:
-        raise SystemExit(f"error: {tokenizer_path} does not fit {args.model}: {e}") from e
-    luts = build_byte_luts(sp, cfg.vocab_size)
+        raise CLIError(f"{tokenizer_path} does not fit {args.model}: {e}") from e
+    check_tokenizer(source.provenance, tokenizer_path, args.model)
     window = args.window or cfg.seq_len
+    check_settings(args, cfg, window, int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world, device = init_from_env(args.device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze)) if args.ttt else None
+    model, cfg = build_model(source, device=device, backend=args.backend, int6_prefixes=frozen, where=args.model)
+    del source
+    luts = build_byte_luts(sp, cfg.vocab_size)
     val_tokens = load_validation_tokens(args.data, cfg.seq_len, cfg.vocab_size)
     if args.max_tokens:
         val_tokens = val_tokens[:args.max_tokens + 1]
     nbytes = stream_target_bytes(val_tokens, luts)
-    progress = not args.no_progress
+    progress = not args.no_progress and sys.stderr.isatty()
     say(f"eval: {kind} {args.model} | {model.num_params():,} params | backend {cfg.backend} | device {device} "
         f"x{world} | {len(val_tokens) - 1:,} targets | window {window} stride {args.stride}")
     common = dict(target_bytes=nbytes, window=window, stride=args.stride, batch=args.batch, seed_quirk=args.seed_quirk,
@@ -136,8 +195,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    main()

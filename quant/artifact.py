@@ -83,8 +83,10 @@ def stored_bytes(qt: QuantizedTensor, int6_storage: str = DEFAULT_INT6_STORAGE) 
     return _tensor_bytes(stored_data(qt, int6_storage)) + scale
 
 
-def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE) -> bytes:
-    """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors."""
+def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
+                provenance: dict | None = None) -> bytes:
+    """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors; `provenance`
+    (train.provenance: tokenizer fingerprint, data identity) goes into the manifest when given."""
     if int6_storage not in INT6_STORAGES:
         raise ValueError(f"unknown int6 storage {int6_storage!r}; choose one of {INT6_STORAGES}")
     qtensors = sorted(qtensors, key=lambda qt: qt.name)
@@ -105,6 +107,8 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
             offset += len(raw)
     manifest = {"format_version": FORMAT_VERSION, "config": config, "int6_storage": int6_storage,
                 "tensors": [entries[qt.name] for qt in qtensors]}
+    if provenance is not None:
+        manifest["provenance"] = provenance
     try:
         manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"),
                                     allow_nan=False).encode("utf-8")
@@ -141,7 +145,32 @@ def save_artifact(state_dict: dict[str, torch.Tensor], config_dict: dict, path: 
     return len(data)
 
 
-def _decompress(raw: bytes, where: str) -> bytes:
+def _manifest_precheck(frame: bytes, body_size: int, where: str, check_manifest=None) -> None:
+    """Before the body is decompressed in full (quant.validate): read only its manifest (the body starts with
+    u32 length + manifest), refuse payload bytes no tensor uses (so a body is never larger than its tensors
+    need), and run the caller's `check_manifest(manifest)` (e.g. the model config's bounds). If the manifest
+    moves in the body layout, keep this check ahead of the payload's decompression."""
+    from quant.validate import check_manifest_spans, read_frame_prefix
+
+    try:
+        (mlen,) = MANIFEST_LEN.unpack(read_frame_prefix(frame, MANIFEST_LEN.size, where))
+        if MANIFEST_LEN.size + mlen > body_size:
+            raise ArtifactError(f"{where}: manifest length {mlen} runs past the {body_size}-byte body")
+        text = read_frame_prefix(frame, MANIFEST_LEN.size + mlen, where)[MANIFEST_LEN.size:]
+        try:
+            manifest = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{where}: manifest is not valid UTF-8 JSON ({e})") from e
+        check_manifest_spans(manifest, body_size - MANIFEST_LEN.size - mlen, where)
+        if check_manifest is not None:
+            check_manifest(manifest)
+    except ArtifactError:
+        raise
+    except ValueError as e:
+        raise ArtifactError(str(e)) from e
+
+
+def _decompress(raw: bytes, where: str, check_manifest=None) -> bytes:
     if len(raw) < HEADER.size:
         raise ArtifactError(f"{where}: truncated artifact: {len(raw)} bytes, the header alone needs {HEADER.size}")
     magic, version, body_size, frame_digest, body_digest = HEADER.unpack_from(raw)
@@ -162,6 +191,7 @@ def _decompress(raw: bytes, where: str) -> bytes:
         if frame_size != body_size:
             raise ArtifactError(f"{where}: compressed frame holds {frame_size} bytes but the header says "
                                 f"{body_size}; the file is corrupt")
+        _manifest_precheck(frame, body_size, where, check_manifest)
         dobj = zstandard.ZstdDecompressor().decompressobj()
         body = dobj.decompress(frame)
         if not dobj.eof:
@@ -228,9 +258,11 @@ def _parse_entry(e, payload: bytes, int6_storage: str, where: str) -> QuantizedT
     return QuantizedTensor(name=e["name"], scheme=scheme, shape=shape, dtype=dtype, data=data, scale=scale)
 
 
-def decode_artifact(raw: bytes, where: str = "artifact") -> tuple[dict, list[QuantizedTensor]]:
-    """Parse artifact bytes into (config dict, quantized tensors); `where` names the source in errors."""
-    body = _decompress(raw, where)
+def decode_artifact(raw: bytes, where: str = "artifact", check_manifest=None) -> tuple[dict, list[QuantizedTensor]]:
+    """Parse artifact bytes into (config dict, quantized tensors); `where` names the source in errors.
+
+    `check_manifest(manifest)` runs before the payload is decompressed (see _manifest_precheck)."""
+    body = _decompress(raw, where, check_manifest)
     if len(body) < MANIFEST_LEN.size:
         raise ArtifactError(f"{where}: body too short for a manifest")
     (mlen,) = MANIFEST_LEN.unpack_from(body)
@@ -262,16 +294,16 @@ def _read(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
-def load_artifact(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_artifact(path: str | os.PathLike, check_manifest=None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, state dict of dequantized tensors in their original dtypes) from an artifact file."""
-    config, qtensors = decode_artifact(_read(path), where=str(path))
+    config, qtensors = decode_artifact(_read(path), where=str(path), check_manifest=check_manifest)
     return config, {qt.name: dequantize(qt) for qt in qtensors}
 
 
-def load_artifact_int6(path: str | os.PathLike):
+def load_artifact_int6(path: str | os.PathLike, check_manifest=None):
     """(config, dequantized state dict, int6) where int6 maps each int6 matrix name to
     (pack_int6(q) uint8 (N, 3*ceil(K/4)), per-row scales fp32 (N,)) for the int6-dequant kernel path."""
-    config, qtensors = decode_artifact(_read(path), where=str(path))
+    config, qtensors = decode_artifact(_read(path), where=str(path), check_manifest=check_manifest)
     state = {qt.name: dequantize(qt) for qt in qtensors}
     int6 = {qt.name: (pack_int6(qt.data), qt.scale.float()) for qt in qtensors if qt.scheme == "int6_per_row"}
     return config, state, int6

@@ -64,7 +64,7 @@ def test_atomic_save_and_clear_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(path)
     (tmp_path / "junk.pt").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+    with pytest.raises(ValueError, match="not a training checkpoint .not a torch-saved file"):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
