@@ -8,7 +8,8 @@ from torch import nn
 from model.config import get_config
 from model.gpt import GPT
 from train.ema import EMA
-from train.optim import Muon, build_optimizers, check_coverage, group_parameters, newton_schulz5
+from train.optim import (Muon, build_optimizers, check_coverage, group_parameters, newton_schulz5,
+                         newton_schulz5_batched)
 from train.schedule import lr_multiplier, muon_momentum
 
 OPT_ARGS = dict(matrix_lr=0.025, scalar_lr=0.025, tok_lr=0.035, decoder_lr_mult=2.0, muon_momentum=0.99,
@@ -118,3 +119,35 @@ def test_ema():
     torch.testing.assert_close(ema.state_dict()["weight"], w0 + 0.1)
     with pytest.raises(ValueError, match="decay"):
         EMA(model, 1.0)
+
+
+def test_batched_newton_schulz_matches_one_matrix_at_a_time():
+    g = torch.randn(5, 48, 80) * torch.logspace(-2, 0, 80)
+    got = newton_schulz5_batched(g)
+    for i in range(5):
+        torch.testing.assert_close(got[i], newton_schulz5(g[i]), rtol=1e-5, atol=1e-6)
+    tall = torch.randn(3, 80, 48)  # oriented wide inside, returned tall
+    torch.testing.assert_close(newton_schulz5_batched(tall)[1], newton_schulz5(tall[1]), rtol=1e-5, atol=1e-6)
+
+
+def _muon_run(batched: bool, steps: int = 3):
+    """Two groups (different lr and decay) over mixed shapes, some sharing a shape across groups."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(32, 48), (48, 32), (32, 48), (16, 48), (48, 32), (32, 48)]
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    opt = Muon([{"params": params[:3], "lr": 0.05}, {"params": params[3:], "lr": 0.02, "weight_decay": 0.1}],
+               lr=0.05, momentum=0.9, weight_decay=0.04, batched=batched)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        params[4].grad = None  # a parameter without a gradient this step is left alone
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+def test_batched_muon_step_matches_the_matrix_by_matrix_step():
+    got, opt = _muon_run(batched=True)
+    want, _ = _muon_run(batched=False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert opt.batched and "momentum_buffer" not in opt.state[opt.param_groups[1]["params"][1]]
