@@ -58,6 +58,10 @@ def int6_report(qtensors) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "submit":  # `python -m quant submit RUN --out records/...`: quant.submit
+        from quant.submit import main as submit_main
+        return submit_main(argv[1:])
     args = parse_args(argv)
     config, state = load_model_file(args.model_file)
     t0 = time.perf_counter()
