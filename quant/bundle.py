@@ -12,8 +12,9 @@ Which modules: everything reachable from the entry point (train.challenge_main) 
 including function-level imports, and module names written as strings (kernels.ops picks a backend by name),
 plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED data-CLI
 modules (download, tokenizer training), is an error. `compress=True` (the default) stores the table
-lzma-compressed and base85-encoded, which cuts the counted bytes by about two thirds; `compress=False` keeps
-every module readable as a raw string.
+lzma-compressed and base85-encoded; `compress=False` keeps every module readable as a raw string. Measured at
+commit b7da504 with the seed config: 55 modules, 331,982 source bytes -> 237,230 stripped -> train_gpt.py of
+241,357 bytes plain or 66,360 bytes compressed.
 """
 from __future__ import annotations
 

@@ -88,6 +88,29 @@ def test_module_discovery_follows_string_imports_and_refuses_excluded_or_missing
         find_modules(root=tmp_path)
 
 
+def bundle_table(text: str) -> dict:
+    """The module table M of a train_gpt.py, read back without running it."""
+    import ast
+    import base64
+    import lzma
+    value = next(node.value for node in ast.parse(text).body
+                 if isinstance(node, ast.Assign) and node.targets[0].id == "M")
+    if isinstance(value, ast.Dict):  # --plain: {name: (is_package, source)}
+        return {k: [p, src] for k, (p, src) in ast.literal_eval(value).items()}
+    packed = value.args[0].args[0].args[0].value  # json.loads(lzma.decompress(base64.b85decode('...')))
+    return json.loads(lzma.decompress(base64.b85decode(packed)))
+
+
+def test_plain_and_compressed_bundles_hold_the_same_stripped_modules():
+    from quant.bundle import build_bundle
+    defaults = {**tiny_defaults(), "eval": {}}
+    packed, plain = build_bundle(defaults), build_bundle(defaults, compress=False)
+    table = bundle_table(packed.text)
+    assert table == bundle_table(plain.text) and sorted(table) == packed.modules
+    assert packed.code_bytes < plain.code_bytes / 2 and plain.code_bytes < packed.source_bytes
+    assert all('"""' not in src for _, src in table.values() if "__doc__" not in src)
+
+
 def third_party_path() -> str:
     """PYTHONPATH with the site-packages folders of the bundle's third-party imports, and nothing of the repo."""
     import numpy
@@ -148,6 +171,10 @@ def test_records_folder_bundle_runs_standalone_and_matches_the_cli(corpus, tmp_p
     assert quant_cli.main(submit) == 2 and "already exists" in capsys.readouterr().err
     assert quant_cli.main([*submit[:3], str(tmp_path / "over"), *submit[4:], "--cap", "1000"]) == 1
     assert "over the 1,000-byte cap" in capsys.readouterr().err and not (tmp_path / "over").exists()
+    (tmp_path / "float_eval.json").write_text(json.dumps({"kind": "model_file", "val_bpb": 1.0}))
+    assert quant_cli.main([*submit[:3], str(tmp_path / "x"), *submit[4:], "--eval-json",
+                           str(tmp_path / "float_eval.json")]) == 2
+    assert "not the artifact" in capsys.readouterr().err
 
     # the records folder's train_gpt.py, alone: same settings through the challenge's environment variables
     out = tmp_path / "bundle_run"
