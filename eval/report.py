@@ -59,6 +59,7 @@ def plot_chunks(records: list[dict], png_path: str | Path, baseline_bpb: float |
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; every other output is 0644
         os.replace(tmp, png_path)
     finally:
         plt.close(fig)
@@ -76,6 +77,7 @@ def write_json(summary: dict, path: str | Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_finite(summary), f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

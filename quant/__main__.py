@@ -4,7 +4,10 @@
         [--int6-storage int8|packed] [--compare-storage] [--eval-data DIR --tokenizer MODEL]
 
 The last line printed is JSON (artifact, code and total bytes, headroom, cap, ok, timings, and the quant gap
-when --eval-data is given). Exits 1 with a message when the total is over the cap.
+when --eval-data is given). Exits 1 with a message when the total is over the cap or a figure is not finite.
+Every input and the --out path are checked before any work: an existing --out (the model file itself included)
+is refused unless --overwrite is given. The model file's provenance (tokenizer fingerprint, data identity) is
+copied into the artifact's manifest. Errors are one line (train.cli_errors).
 """
 from __future__ import annotations
 
@@ -12,32 +15,35 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, compress_body, encode_body,
                             stored_bytes, write_atomic)
-from quant.model_file import load_model_file
 from quant.schemes import CLIP_MODES, DEFAULT_SCALE_FLOOR, quantize_state_dict
 from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
+from train.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
+                              positive_float, positive_int, run_cli)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m quant", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m quant", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_file", help='a file holding {"config": ..., "model": state_dict} (model or checkpoint)')
     ap.add_argument("--out", required=True, help="artifact path to write (atomically)")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists (even the model file)")
     ap.add_argument("--clip", choices=CLIP_MODES, default="per-row",
                     help="int6 clip search: best of 15 percentiles per row (default) or the seed's per-tensor 5")
     ap.add_argument("--int6-storage", choices=INT6_STORAGES, default=DEFAULT_INT6_STORAGE,
                     help="int6 values one per byte (int8) or bit-packed 4-in-3 bytes (packed)")
     ap.add_argument("--compare-storage", action="store_true",
                     help="also compress with the other int6 storage and report both sizes")
-    ap.add_argument("--scale-floor", type=float, default=DEFAULT_SCALE_FLOOR,
+    ap.add_argument("--scale-floor", type=positive_float, default=DEFAULT_SCALE_FLOOR,
                     help="minimum int6 row scale (seed: 1/31)")
-    ap.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (22 for a real artifact)")
+    ap.add_argument("--level", type=int_in(1, 22), default=DEFAULT_LEVEL, help="zstd level (22 for a real artifact)")
     ap.add_argument("--code-files", nargs="+", help="override the code files counted toward the cap")
-    ap.add_argument("--cap", type=int, default=CAP_BYTES, help="size cap in bytes (decimal)")
+    ap.add_argument("--cap", type=positive_int, default=CAP_BYTES, help="size cap in bytes (decimal)")
     ap.add_argument("--eval-data", help="data dir with val shards: also report the float vs artifact quant gap")
     ap.add_argument("--tokenizer", help="SentencePiece model for --eval-data (default: DIR/tokenizer.model)")
-    ap.add_argument("--eval-tokens", type=int, help="limit the quant-gap evaluation to this many val tokens")
+    ap.add_argument("--eval-tokens", type=positive_int, help="limit the quant-gap evaluation to this many val tokens")
     return ap.parse_args(argv)
 
 
@@ -63,12 +69,41 @@ def main(argv=None) -> int:
         from quant.submit import main as submit_main
         return submit_main(argv[1:])
     args = parse_args(argv)
-    config, state = load_model_file(args.model_file)
+    return run_cli(lambda: run(args))
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """Every path the run reads or writes, checked before any work; returns the tokenizer for --eval-data."""
+    check_input_file(args.model_file, "model file")
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.model_file])
+    for path in args.code_files or ():
+        check_input_file(path, "--code-files entry")
+    if not args.eval_data:
+        return None
+    from train.data.shards import list_shards
+
+    list_shards(args.eval_data, "val")
+    return str(check_input_file(args.tokenizer or Path(args.eval_data) / "tokenizer.model", "tokenizer"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize, write, report; returns the exit status."""
+    from train.checkpoint import read_model_file
+
+    tokenizer = check_inputs(args)
+    source = read_model_file(args.model_file)
+    config, state = source.config, source.state
+    if tokenizer:  # the quant gap builds the model and scores it: check what it needs first
+        from quant.validate import check_model_tensors
+        from train.provenance import check_tokenizer
+
+        check_model_tensors(config, {k: tuple(v.shape) for k, v in state.items()}, args.model_file)
+        check_tokenizer(source.provenance, tokenizer, args.model_file)
     t0 = time.perf_counter()
     qtensors = quantize_state_dict(state, clip=args.clip, scale_floor=args.scale_floor)
     t_quant = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data = compress_body(encode_body(qtensors, config, args.int6_storage), args.level)
+    data = compress_body(encode_body(qtensors, config, args.int6_storage, provenance=source.provenance), args.level)
     t_compress = time.perf_counter() - t0
     write_atomic(args.out, data)
 
@@ -87,14 +122,13 @@ def main(argv=None) -> int:
         print("artifact bytes by int6 storage: " + "  ".join(f"{k}={v:,}" for k, v in sorted(sizes.items())))
         result["artifact_bytes_by_int6_storage"] = sizes
     if args.eval_data:
-        from pathlib import Path
-
         from quant.roundtrip import format_quant_gap, quant_gap
-        tokenizer = args.tokenizer or str(Path(args.eval_data) / "tokenizer.model")
         gap = quant_gap(args.model_file, args.out, args.eval_data, tokenizer, max_tokens=args.eval_tokens)
         print(format_quant_gap(gap))
         result.update(gap)
     print(json.dumps(result, sort_keys=True))
+    if fail_on_nonfinite(result):
+        return 1
     if not summary["ok"]:
         print(f"error: {summary['total_bytes']:,} bytes (artifact {summary['artifact_bytes']:,} + code "
               f"{summary['code_bytes']:,}) is over the {summary['cap_bytes']:,}-byte cap by "

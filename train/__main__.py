@@ -3,7 +3,12 @@
 
 Without --data the `tiny` preset trains on the embedded corpus (train.data.embedded) and other presets read
 $DATA_DIR. With --resume the model and training configs come from the checkpoint (flags that would change them
-are refused) and the run continues in --out (default: the checkpoint's directory).
+are refused), the data must be given again (--data or $DATA_DIR) and be the data the checkpoint was trained on,
+and the run continues in --out (default: the checkpoint's directory).
+
+An --out folder that already holds a run (checkpoint, final model, metrics) is refused unless --overwrite is
+given or the run is resumed there. Every argument and path is checked before training starts; errors are one
+line (train.cli_errors); Ctrl-C names the checkpoint to resume from; a non-finite figure exits with status 1.
 """
 from __future__ import annotations
 
@@ -15,16 +20,36 @@ import sys
 import time
 from pathlib import Path
 
-from model.config import ModelConfig, get_config
-from train.config import TRAIN_PRESETS, TrainConfig, get_train_config
+from train.cli_errors import (ArgumentParser, CLIError, check_input_file, check_output_dir, fail_on_nonfinite,
+                              nonnegative_float, nonnegative_int, positive_float, positive_int, run_cli,
+                              unit_interval)
+from train.config import TRAIN_PRESETS
 
-# CLI flag -> TrainConfig field (all optional; unset flags keep the preset's value)
+RUN_FILES = ("checkpoint.pt", "final_model.pt", "metrics.jsonl", "loss_curve.png")  # train.loop's outputs
+FIGURES = ("train_loss", "val_loss", "val_bpb", "ema_val_loss", "ema_val_bpb")
+
+# CLI flag -> (type, help) for the TrainConfig fields a flag may override (unset flags keep the preset's value)
 TRAIN_FLAGS = {
-    "steps": int, "batch_tokens": int, "grad_accum": int, "warmdown_steps": int, "warmdown_shape": str,
-    "max_wallclock_seconds": float, "grad_clip": float, "ema_decay": float, "val_every": int,
-    "val_max_tokens": int, "val_batch_seqs": int, "log_every": int, "checkpoint_every": int, "matrix_lr": float,
-    "scalar_lr": float, "tok_lr": float, "decoder_lr_mult": float, "muon_momentum_warmup_steps": int,
-    "late_qat_threshold": float, "seed": int,
+    "steps": (positive_int, "optimizer steps"),
+    "batch_tokens": (positive_int, "tokens per optimizer step, all ranks and micro-steps together"),
+    "grad_accum": (positive_int, "micro-steps per optimizer step on each rank (default: accum_total / world size)"),
+    "warmdown_steps": (nonnegative_int, "last steps over which the LR decays to 0"),
+    "warmdown_shape": (str, "LR decay shape: linear or cosine"),
+    "max_wallclock_seconds": (nonnegative_float, "stop at this training time and size the warmdown in time (0: off)"),
+    "grad_clip": (nonnegative_float, "global gradient-norm clip (0: off)"),
+    "ema_decay": (unit_interval, "EMA decay of the weights saved as final_model.pt"),
+    "val_every": (nonnegative_int, "validate every N steps (0: only at the end)"),
+    "val_max_tokens": (nonnegative_int, "validate on the first N val tokens (0: the whole val split)"),
+    "val_batch_seqs": (positive_int, "sequences per validation forward"),
+    "log_every": (positive_int, "a metrics.jsonl record every N steps"),
+    "checkpoint_every": (nonnegative_int, "write checkpoint.pt every N steps (0: only at the end)"),
+    "matrix_lr": (nonnegative_float, "Muon learning rate of the block matrices"),
+    "scalar_lr": (nonnegative_float, "AdamW learning rate of the scalars and vectors"),
+    "tok_lr": (nonnegative_float, "AdamW learning rate of the token embedding"),
+    "decoder_lr_mult": (positive_float, "LR multiplier of the decoder half's matrices"),
+    "muon_momentum_warmup_steps": (nonnegative_int, "steps over which Muon's momentum ramps to its final value"),
+    "late_qat_threshold": (unit_interval, "fake int6 QAT once the LR multiplier drops below this (0: never)"),
+    "seed": (int, "torch seed of the model init and data-independent randomness"),
 }
 
 
@@ -36,27 +61,33 @@ def parse_value(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training + model preset")
     p.add_argument("--data", help="directory with fineweb_{train,val}_*.bin (+ tokenizer.model)")
     p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
-    p.add_argument("--out", help="run directory (default: runs/<preset>-<time>)")
+    p.add_argument("--out", help="run directory (default: runs/<preset>-<time>; with --resume, the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run an --out folder already holds")
     p.add_argument("--resume", help="continue from this training checkpoint")
-    p.add_argument("--stop-at-step", type=int, help="end the run after this step with a checkpoint (no final model)")
+    p.add_argument("--stop-at-step", type=positive_int,
+                   help="end the run after this step with a checkpoint (no final model)")
     p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: eager)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU runs)")
     p.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig field, e.g. --model num_layers=6 (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.add_argument("--cpu-threads", type=int,
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (also off when stderr is not a terminal)")
+    p.add_argument("--cpu-threads", type=positive_int,
                    help="torch.set_num_threads (CPU runs on a busy machine: 1 is often fastest)")
-    for name, kind in TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
     return p
 
 
-def configs_from_args(args) -> tuple[TrainConfig, ModelConfig]:
+def configs_from_args(args):
+    from model.config import get_config
+    from train.config import get_train_config
+
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.compile:
         overrides["compile"] = True
@@ -64,63 +95,115 @@ def configs_from_args(args) -> tuple[TrainConfig, ModelConfig]:
     model_overrides = {}
     for item in args.model:
         if "=" not in item:
-            raise SystemExit(f"--model expects FIELD=VALUE, got {item!r}")
+            raise CLIError(f"--model expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         model_overrides[key] = parse_value(value)
     if args.backend:
         model_overrides["backend"] = args.backend
-    return tcfg, get_config(tcfg.model_preset, **model_overrides)
+    try:
+        mcfg = get_config(tcfg.model_preset, **model_overrides)
+    except TypeError as e:  # a value of the wrong type, e.g. --model ve_layers=3
+        raise CLIError(f"--model: {e}") from e
+    from quant.validate import validate_config
+    validate_config(mcfg.to_dict(), "--model")  # the bounds a loader enforces: no 100,000-layer typo
+    return tcfg, mcfg
 
 
-def configs_from_checkpoint(args) -> tuple[TrainConfig, ModelConfig]:
-    from train.checkpoint import load_checkpoint
+def configs_from_checkpoint(args, ckpt: dict):
+    from model.config import ModelConfig
+    from train.config import TrainConfig
 
     changed = [k for k in TRAIN_FLAGS if getattr(args, k) is not None] + (["model"] if args.model else [])
     if changed:
-        raise SystemExit(f"--resume takes its configs from the checkpoint; drop {changed}")
-    ckpt = load_checkpoint(args.resume)
+        raise CLIError(f"--resume takes its configs from the checkpoint; drop {changed}")
     mcfg = ModelConfig.from_dict(ckpt["config"])
     if args.backend:
         mcfg = dataclasses.replace(mcfg, backend=args.backend)
     return TrainConfig.from_dict(ckpt["train_config"]), mcfg
 
 
-def resolve_data_dir(args, preset: str) -> Path:
+def resolve_data_dir(args, preset: str, ckpt: dict | None) -> Path:
     if args.data:
         return Path(args.data)
     if os.environ.get("DATA_DIR"):
         return Path(os.environ["DATA_DIR"])
+    if ckpt is not None:
+        recorded = (ckpt.get("provenance") or {}).get("data_dir")
+        raise CLIError("--resume needs --data DIR, the data the checkpoint was trained on"
+                       + (f" ({recorded})" if recorded else ""))
     if preset == "tiny":
         from train.data.embedded import ensure_embedded_corpus
         return ensure_embedded_corpus()
-    raise SystemExit(f"--data is required for preset {preset!r} (or set DATA_DIR)")
+    raise CLIError(f"--data is required for preset {preset!r} (or set DATA_DIR)")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def check_run_dir(out_dir: Path, args) -> None:
+    """--out must be a writable folder and hold no run this command would replace (unless asked to)."""
+    check_output_dir(out_dir)
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not existing or args.overwrite:
+        return
+    ckpt = out_dir / RUN_FILES[0]
+    if args.resume and ckpt.exists() and ckpt.samefile(args.resume):
+        return  # continuing the run in its own folder
+    raise CLIError(f"--out {out_dir} already holds a run ({', '.join(existing)}); pass --overwrite to replace it"
+                   + (f", or --resume {ckpt} to continue it" if ckpt.exists() else ""))
+
+
+def interrupt_message(run: dict) -> str:
+    """What Ctrl-C leaves behind: the checkpoint written last (this run's, else the one it resumed from)."""
+    ckpt = run.get("out_dir", Path(".")) / RUN_FILES[0]
+    if "started" in run and ckpt.exists() and ckpt.stat().st_mtime >= run["started"]:
+        last = ckpt
+    elif run.get("resume"):
+        last = Path(run["resume"])
+    else:
+        return "interrupted (Ctrl-C) before any checkpoint was written; nothing to resume"
+    step = ""
+    try:
+        import torch
+        step = f" (step {int(torch.load(last, map_location='cpu', weights_only=True, mmap=True)['step'])})"
+    except Exception:  # noqa: BLE001 - the message still names the file
+        pass
+    return (f"interrupted (Ctrl-C); the last checkpoint is {last}{step}: continue with "
+            f"python -m train --resume {last} --data {run.get('data_dir')}")
+
+
+def run(args, state: dict) -> int:
+    """Check everything, then train; returns the exit status."""
+    from train.checkpoint import load_checkpoint
+
     if args.cpu_threads:
         import torch
         torch.set_num_threads(args.cpu_threads)
-    tcfg, mcfg = configs_from_checkpoint(args) if args.resume else configs_from_args(args)
-    data_dir = resolve_data_dir(args, tcfg.model_preset)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    tcfg, mcfg = configs_from_checkpoint(args, ckpt) if ckpt is not None else configs_from_args(args)
+    data_dir = resolve_data_dir(args, tcfg.model_preset, ckpt)
+    del ckpt
+    if args.tokenizer:
+        check_input_file(args.tokenizer, "tokenizer")
     if args.out:
         out_dir = Path(args.out)
     elif args.resume:
         out_dir = Path(args.resume).parent
     else:
         out_dir = Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_dir(out_dir, args)
+    state.update(out_dir=out_dir, data_dir=data_dir, resume=args.resume, started=time.time())
     from train.loop import TrainingDiverged, run_training
 
     try:
-        run_training(tcfg, mcfg, data_dir, out_dir, tokenizer_path=args.tokenizer, resume=args.resume,
-                     stop_at_step=args.stop_at_step, progress=not args.no_progress)
+        summary = run_training(tcfg, mcfg, data_dir, out_dir, tokenizer_path=args.tokenizer, resume=args.resume,
+                               stop_at_step=args.stop_at_step, progress=not args.no_progress and sys.stderr.isatty())
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        raise CLIError(str(exc)) from exc
+    return fail_on_nonfinite(summary, FIGURES)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    state: dict = {}
+    return run_cli(lambda: run(args, state), on_interrupt=lambda: interrupt_message(state))
 
 
 if __name__ == "__main__":

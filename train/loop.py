@@ -27,6 +27,7 @@ from train.distributed import DistContext, all_reduce_mean, setup_distributed, t
 from train.ema import EMA
 from train.logging_utils import MetricsLogger, plot_loss_curve, print_final
 from train.optim import build_optimizers
+from train.provenance import check_data, check_tokenizer, run_provenance
 from train.schedule import lr_multiplier, muon_momentum
 from train.validation import evaluate
 
@@ -70,12 +71,17 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     # ---- inputs: fail before any training ----
     list_shards(data_dir, "train")
     list_shards(data_dir, "val")
-    sp = load_tokenizer(resolve_tokenizer(data_dir, tokenizer_path))
+    tokenizer_file = resolve_tokenizer(data_dir, tokenizer_path)
+    sp = load_tokenizer(tokenizer_file)
     check_vocab(sp, mcfg.vocab_size)
     luts = build_byte_luts(sp, mcfg.vocab_size)
+    provenance = run_provenance(data_dir, tokenizer_file)  # recorded in checkpoints and the final model
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None and ModelConfig.from_dict(ckpt["config"]) != mcfg:
         raise ValueError(f"{resume}: the checkpoint's model config differs from the requested one")
+    if ckpt is not None:  # a resumed run continues the loader's position: same data, same tokenizer
+        check_data(ckpt.get("provenance"), data_dir, resume)
+        check_tokenizer(ckpt.get("provenance"), tokenizer_file, resume)
     seq_len = mcfg.seq_len
     grad_accum = tcfg.local_grad_accum(world)
     loader = DistributedTokenLoader(data_dir, tcfg.batch_tokens, seq_len, ctx.rank, world, grad_accum, device,
@@ -141,11 +147,11 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
                             model_state=model.state_dict(), ema_state=ema.state_dict(),
                             optimizer_states={"muon": muon.state_dict(), "adamw": adam.state_dict()},
                             loader_state=loader.state_dict(), step=at_step, train_time_ms=train_time_ms,
-                            late_qat=model.late_qat)
+                            late_qat=model.late_qat, provenance=provenance)
         if world > 1:
             torch.distributed.barrier()
 
-    val_loss = val_bpb = float("nan")
+    val_loss = val_bpb = None  # None in the summary: not measured (a NaN there is a real NaN)
     if step == 0 and tcfg.val_every > 0:
         val_loss, val_bpb = validate()
         logger.log(step=0, val_loss=val_loss, val_bpb=val_bpb)
@@ -235,7 +241,7 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     if not stopped_early:
         final_state = ema.model_state(model)
         if ctx.is_main:
-            save_model_file(out_dir / FINAL_MODEL_NAME, mcfg.to_dict(), final_state)
+            save_model_file(out_dir / FINAL_MODEL_NAME, mcfg.to_dict(), final_state, provenance)
         model.load_state_dict(final_state)
         ema_val_loss, ema_val_bpb = validate()
         summary.update(ema_val_loss=ema_val_loss, ema_val_bpb=ema_val_bpb,

@@ -42,7 +42,8 @@ def _training_sentences(documents: Iterable[str]):
 def train_tokenizer(documents: Iterable[str], out_path, vocab_size: int = 1024, num_threads: int = 2):
     """Train a SentencePiece BPE on `documents` with the challenge's settings; write it atomically to `out_path`.
 
-    Returns the loaded SentencePieceProcessor."""
+    Returns the loaded SentencePieceProcessor. ValueError (nothing written) when the documents cannot support
+    `vocab_size` pieces: SentencePiece would return a smaller vocabulary without a word."""
     import sentencepiece as spm
 
     out_path = Path(out_path)
@@ -57,8 +58,12 @@ def train_tokenizer(documents: Iterable[str], out_path, vocab_size: int = 1024, 
             input_sentence_size=0, num_threads=int(num_threads), minloglevel=2)
     except RuntimeError as exc:
         raise ValueError(f"SentencePiece training for {out_path} failed: {exc}") from exc
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    if sp.vocab_size() != int(vocab_size):  # the trainer shrinks the vocab silently when the text runs out
+        raise ValueError(f"the documents support only {sp.vocab_size()} tokenizer pieces, fewer than the "
+                         f"{vocab_size} asked for; ask for {sp.vocab_size()} or fewer, or give more text")
     atomic_write(out_path, [model.getvalue()])
-    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+    return sp
 
 
 def first_n_are_val(num_val_docs: int) -> Callable[[int], bool]:
