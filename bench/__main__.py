@@ -19,7 +19,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    from train.cli_errors import ArgumentParser  # argparse errors as one line
+
+    parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each, no figures (CPU CI)")
     parser.add_argument("--only", metavar="PATTERN", help="run only cases matching this pytest -k expression")
     parser.add_argument("--json", metavar="FILE", help="also keep pytest-benchmark's JSON report here")
@@ -49,11 +51,21 @@ def measured_cases(json_path: str) -> tuple[list[dict], float | None]:
 
 
 def main(argv=None) -> int:
+    """Run the suite; errors (a bad --json path, a missing GPU, ...) are one line (train.cli_errors)."""
+    from train.cli_errors import run_cli
+
     args = parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.json:
+        from train.cli_errors import check_output_file
+        check_output_file(args.json, overwrite=True, flag="--json")  # before minutes of benchmarks
     import torch  # after parsing, so --help stays fast
 
     if not args.quick and not torch.cuda.is_available():
-        print("python -m bench: full benchmarks need a CUDA GPU; on CPU run `python -m bench --quick`",
+        print("error: python -m bench: full benchmarks need a CUDA GPU; on CPU run `python -m bench --quick`",
               file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
