@@ -6,8 +6,8 @@ challenge's log lines.
 own stages, unchanged, in order:
   1. train.loop.run_training (DDP under torchrun) with the configs from train.challenge_env (the run's configs,
      overridden by the challenge's environment variables), echoing the challenge's step lines live;
-  2. quant.artifact.save_artifact on the EMA weights (final_model.pt) -> final_model.int6.ptz, then the byte
-     budget (this file's code bytes + artifact bytes vs 16,000,000);
+  2. the EMA weights (final_model.pt) quantized and written as `python -m quant` does -> final_model.int6.ptz,
+     then the byte budget (this file's code bytes + artifact bytes vs 16,000,000);
   3. every rank re-reads the artifact: the non-overlapping round-trip val score (the training val's tokens), then
      `python -m eval`'s run (sliding window, legal score-first TTT as configured).
 Outputs in OUT_DIR (default: the working directory): logs/<RUN_ID>.txt (the challenge log), metrics.jsonl,
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from quant.artifact import DEFAULT_LEVEL, save_artifact
-from quant.model_file import load_model_file
+from quant.artifact import DEFAULT_LEVEL, compress_body, encode_body, write_atomic
+from quant.schemes import quantize_state_dict
 from quant.size import size_summary
 from train.atomic import atomic_write
+from train.checkpoint import read_model_file
 from train.challenge_env import ChallengeSettings, settings_from_env
 from train.challenge_log import ChallengeLog, ChallengeMetricsLogger, score_lines
 from train.distributed import setup_distributed, teardown_distributed
@@ -62,10 +63,13 @@ def log_header(log: ChallengeLog, s: ChallengeSettings, ctx) -> None:
 
 def write_artifact(s: ChallengeSettings, code_path, log: ChallengeLog) -> dict:
     """Quantize the EMA weights into the artifact and check the byte budget (rank 0)."""
-    config, state = load_model_file(s.out_dir / "final_model.pt")
+    source = read_model_file(s.out_dir / "final_model.pt")
     artifact = s.out_dir / ARTIFACT_NAME
     t0 = time.perf_counter()
-    artifact_bytes = save_artifact(state, config, artifact)
+    qtensors = quantize_state_dict(source.state)  # as `python -m quant` does, with its defaults
+    data = compress_body(encode_body(qtensors, source.config, provenance=source.provenance), DEFAULT_LEVEL)
+    write_atomic(artifact, data)
+    artifact_bytes = len(data)
     code_bytes = len(Path(code_path).read_bytes()) if code_path else 0
     summary = size_summary(artifact_bytes, code_bytes)
     tag = f"int6+zstd-{DEFAULT_LEVEL}"
