@@ -58,7 +58,9 @@ def read_model_source(path: str | os.PathLike, *, int6_kernel: bool = False) -> 
         def check_manifest(manifest: dict) -> None:
             checked["cfg"] = check_model_tensors(manifest.get("config"), manifest_shapes(manifest, where), where)
             provenance = manifest.get("provenance")
-            checked["provenance"] = provenance if isinstance(provenance, dict) else None
+            if provenance is not None and not isinstance(provenance, dict):
+                raise ValueError(f"{where}: the manifest's provenance is a {type(provenance).__name__}, not a dict")
+            checked["provenance"] = provenance
 
         if int6_kernel:
             from quant.artifact import load_artifact_int6

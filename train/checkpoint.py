@@ -171,5 +171,7 @@ def read_model_file(path) -> ModelFile:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: 'model' is not a state dict of tensors")
     provenance = obj.get("provenance")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"{path}: 'provenance' is a {type(provenance).__name__}, not a dict")
     kind = "training checkpoint" if obj.get("format") == FORMAT else "model file"
-    return ModelFile(config, dict(state), provenance if isinstance(provenance, dict) else None, kind)
+    return ModelFile(config, dict(state), provenance, kind)
