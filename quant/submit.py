@@ -23,20 +23,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from quant.bundle import BundleError, build_bundle
+from quant.bundle import build_bundle
 from quant.records_readme import render_readme, render_train_log, submission_json, today
 from quant.run_figures import RunFigures, SubmitError, gather
 from quant.size import CAP_BYTES
-
-class OverCapError(SubmitError):
-    """Code bytes + artifact bytes exceed the cap (exit status 1, as `python -m quant`)."""
-
+from train.cli_errors import ArgumentParser, positive_int, run_cli
 
 COPIED_RUN_FILES = ("metrics.jsonl", "eval.json", "quant.json", "quant.log", "ttt_chunks.jsonl", "run_info.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quant submit", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m quant submit", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="finished run folder (checkpoint.pt, metrics.jsonl, artifact, eval.json)")
     p.add_argument("--out", required=True,
                    help="records folder to create, e.g. records/track_10min_16mb/<date>_<Name>")
@@ -53,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", action="append", default=[], help="extra log to include (repeatable: other seeds)")
     p.add_argument("--plain", action="store_true",
                    help="store the modules in train_gpt.py as readable text instead of lzma+base85 (more bytes)")
-    p.add_argument("--cap", type=int, default=CAP_BYTES, help="size cap in bytes (decimal)")
+    p.add_argument("--cap", type=positive_int, default=CAP_BYTES, help="size cap in bytes (decimal)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
@@ -120,7 +117,7 @@ def submit(args: argparse.Namespace) -> dict:
     print(f"total: code {bundle.code_bytes:,} + artifact {run.artifact_bytes:,} = {total:,} bytes; "
           f"cap {args.cap:,}; headroom {args.cap - total:,}")
     if not verdict["ok"]:
-        raise OverCapError(f"{total:,} bytes is over the {args.cap:,}-byte cap by {total - args.cap:,}; "
+        raise SubmitError(f"{total:,} bytes is over the {args.cap:,}-byte cap by {total - args.cap:,}; "
                           "nothing written")
     out = Path(args.out)
     meta = {"name": args.name, "github_id": args.github_id, "author": args.author or args.github_id,
@@ -136,13 +133,12 @@ def submit(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = submit(args)
-    except (SubmitError, BundleError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, OverCapError) else 2
-    print(json.dumps(result, sort_keys=True))
-    return 0
+
+    def job() -> int:
+        print(json.dumps(submit(args), sort_keys=True))
+        return 0
+
+    return run_cli(job)  # bad input, a refused folder or an over-cap total: one `error:` line, exit 1
 
 
 if __name__ == "__main__":

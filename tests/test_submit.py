@@ -60,6 +60,17 @@ def test_environment_variables_override_the_run_config(tmp_path, monkeypatch):
         settings_from_env(tiny_defaults(), {"MODEL_DIM": "130"})
 
 
+def test_bundle_entry_reports_bad_input_in_one_line(tmp_path, capsys):
+    from train.challenge_main import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_defaults(), environ={"SEED": "one"})
+    assert exit_info.value.code == 1 and capsys.readouterr().err.strip() == "error: SEED='one': expected int"
+    with pytest.raises(SystemExit):
+        main(tiny_defaults(), environ={"DATA_PATH": str(tmp_path / "nowhere"), "OUT_DIR": str(tmp_path / "o")})
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nowhere" in err
+
+
 def test_strip_source_drops_docstrings_and_comments():
     source = '"""Module doc.\n\nMore."""\n# a comment\nclass A:\n    """Only a docstring."""\n\n\n' \
              'def f(x):  # trailing comment\n    """Doc."""\n    return x + 1  # why\n'
@@ -168,12 +179,12 @@ def test_records_folder_bundle_runs_standalone_and_matches_the_cli(corpus, tmp_p
     rendered = (records / "train_seed42.log").read_text()
     assert "step:4/4 train_loss:" in rendered and "legal_ttt_exact val_loss:" in rendered
 
-    assert quant_cli.main(submit) == 2 and "already exists" in capsys.readouterr().err
+    assert quant_cli.main(submit) == 1 and "already exists" in capsys.readouterr().err
     assert quant_cli.main([*submit[:3], str(tmp_path / "over"), *submit[4:], "--cap", "1000"]) == 1
     assert "over the 1,000-byte cap" in capsys.readouterr().err and not (tmp_path / "over").exists()
     (tmp_path / "float_eval.json").write_text(json.dumps({"kind": "model_file", "val_bpb": 1.0}))
     assert quant_cli.main([*submit[:3], str(tmp_path / "x"), *submit[4:], "--eval-json",
-                           str(tmp_path / "float_eval.json")]) == 2
+                           str(tmp_path / "float_eval.json")]) == 1
     assert "not the artifact" in capsys.readouterr().err
 
     # the records folder's train_gpt.py, alone: same settings through the challenge's environment variables

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from quant.schemes import quantize_state_dict
 from quant.size import size_summary
 from train.atomic import atomic_write
 from train.checkpoint import read_model_file
+from train.cli_errors import CLIError, run_cli
 from train.challenge_env import ChallengeSettings, settings_from_env
 from train.challenge_log import ChallengeLog, ChallengeMetricsLogger, score_lines
 from train.distributed import setup_distributed, teardown_distributed
@@ -160,14 +160,16 @@ def run(s: ChallengeSettings, code_path=None) -> dict:
 
 
 def main(defaults: dict, code_path=None, environ=None) -> dict:
-    """Entry point of the bundled train_gpt.py: settings from the environment over `defaults`, then run."""
-    try:
+    """Entry point of the bundled train_gpt.py: settings from the environment over `defaults`, then run.
+    Bad input is one `error:` line and a non-zero exit (train.cli_errors), as in the package's CLIs."""
+    def job() -> dict:
         settings = settings_from_env(defaults, environ)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        return run(settings, code_path)
-    except (FileNotFoundError, ValueError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        try:
+            return run(settings, code_path)
+        except TrainingDiverged as exc:
+            raise CLIError(str(exc)) from exc
+
+    result = run_cli(job)
+    if isinstance(result, int):  # run_cli's exit status, after the error line
+        raise SystemExit(result)
+    return result
