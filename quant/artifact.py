@@ -86,7 +86,7 @@ def stored_bytes(qt: QuantizedTensor, int6_storage: str = DEFAULT_INT6_STORAGE) 
 def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
                 provenance: dict | None = None) -> bytes:
     """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors; `provenance`
-    (train.provenance: tokenizer fingerprint, data identity) goes into the manifest when given."""
+    (train.provenance: tokenizer fingerprint, data identity) goes into the manifest, compacted, when given."""
     if int6_storage not in INT6_STORAGES:
         raise ValueError(f"unknown int6 storage {int6_storage!r}; choose one of {INT6_STORAGES}")
     qtensors = sorted(qtensors, key=lambda qt: qt.name)
@@ -108,7 +108,8 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
     manifest = {"format_version": FORMAT_VERSION, "config": config, "int6_storage": int6_storage,
                 "tensors": [entries[qt.name] for qt in qtensors]}
     if provenance is not None:
-        manifest["provenance"] = provenance
+        from train.provenance import artifact_provenance
+        manifest["provenance"] = artifact_provenance(provenance)
     try:
         manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"),
                                     allow_nan=False).encode("utf-8")

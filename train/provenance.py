@@ -8,10 +8,13 @@ model files and artifacts, and checked where a mix-up would silently give wrong 
   token is read). A resumed run continues the loader's position in that stream, so resuming on other data
   would switch corpora mid-run: `python -m train --resume` refuses it.
 Files written before provenance was recorded load with a warning line saying what could not be checked.
+An artifact's bytes count toward the 16,000,000-byte cap, so it keeps a compact form (`artifact_provenance`):
+the tokenizer fingerprint, a sha256 of the data identity and the val token count (~170 bytes, no paths).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +43,16 @@ def run_provenance(data_dir, tokenizer_path) -> dict:
     """What a training run records: the tokenizer fingerprint, the data identity and the data directory."""
     return {TOKENIZER_KEY: tokenizer_fingerprint(tokenizer_path), DATA_KEY: data_identity(data_dir),
             "data_dir": str(Path(data_dir).resolve())}
+
+
+def artifact_provenance(provenance: dict) -> dict:
+    """The compact provenance an artifact's manifest keeps: no shard list, no path (see the module docstring)."""
+    compact = {key: provenance[key] for key in (TOKENIZER_KEY, "data_sha256", "val_tokens") if key in provenance}
+    identity = provenance.get(DATA_KEY)
+    if isinstance(identity, dict):
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+        compact.update(data_sha256=hashlib.sha256(text).hexdigest(), val_tokens=identity.get("val_tokens"))
+    return compact
 
 
 def warn(message: str) -> None:
