@@ -63,3 +63,10 @@ def average_gradients_(params: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of `tensor` over ranks, in place (so every rank takes the same decision)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor

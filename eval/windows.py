@@ -49,6 +49,19 @@ class WindowPlan:
         """Total scored targets (equals num_targets under the exact-once rule)."""
         return int((self.lengths - self.score_from).sum())
 
+    def head_width(self, lo: int, hi: int) -> int:
+        """How many positions per row the head must read for windows [lo, hi): `stride` when each of them
+        scores at most its last `stride` positions (every window but the first), else the whole `window`.
+        Two widths only, so a compiled scorer sees two static shapes."""
+        if hi <= lo:
+            return self.stride
+        return self.stride if int((self.lengths[lo:hi] - self.score_from[lo:hi]).max()) <= self.stride else self.window
+
+    def scored_through(self, lo: int, hi: int) -> tuple[int, int]:
+        """Target indices (first, last) scored by windows [lo, hi) together: windows are ordered and each one's
+        scored range starts at or before the end of the ones before it, so their union has no gap."""
+        return int(self.first_scored[lo]) + 1, int(self.ends[lo:hi].max())
+
 
 def plan_windows(num_targets: int, window: int, stride: int, seed_quirk: bool = False) -> WindowPlan:
     """Plan sliding windows of `window` tokens every `stride` tokens over `num_targets` targets."""
