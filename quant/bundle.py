@@ -10,9 +10,12 @@ anywhere else: one the bundle lacks is an ImportError, never a silent fall-back 
 
 Which modules: everything reachable from the entry point (train.challenge_main) through import statements,
 including function-level imports, and module names written as strings (kernels.ops picks a backend by name),
-plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED data-CLI
-modules (download, tokenizer training), is an error. `compress=True` (the default) stores the table
-lzma-compressed and base85-encoded; `compress=False` keeps every module readable as a raw string. Measured at
+plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED CLI
+modules (data download, tokenizer training, the benchmark suite's entry points), is an error. Of bench/ only
+what evaluation reaches is bundled (eval.plan's FLOP formulas in bench.flops).
+
+`compress=True` (the default) stores the table lzma-compressed and base85-encoded; `compress=False` keeps
+every module readable as a raw string. Measured at
 commit b7da504 with the seed config: 55 modules, 331,982 source bytes -> 237,230 stripped -> train_gpt.py of
 241,357 bytes plain or 66,360 bytes compressed.
 """
@@ -28,10 +31,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("kernels", "model", "train", "quant", "eval")
+PACKAGES = ("kernels", "model", "train", "quant", "eval", "bench")  # bench: only what eval reaches (FLOP formulas)
 ENTRY = "train.challenge_main"
 EXCLUDED = ("train.data.download", "train.data.tokenize_text", "train.data.embedded", "train.data.__main__",
-            "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle")
+            "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle", "bench.__main__",
+            "bench.gpu_check")
+PROJECT_DISTRIBUTION = "triton-golf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 
@@ -226,6 +231,8 @@ def installed_requirements(third_party: dict[str, bool]) -> dict[str, str]:
         if not required:
             continue
         for dist in dists.get(top, [top]):
+            if dist == PROJECT_DISTRIBUTION:
+                raise BundleError(f"the bundle imports {top}, a package of this project that is not bundled")
             try:
                 out[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
