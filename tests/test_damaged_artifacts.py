@@ -16,7 +16,6 @@ import tracemalloc
 
 import pytest
 import torch
-import zstandard
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -24,7 +23,7 @@ import eval.__main__ as eval_cli
 from eval.loading import load_model
 from model.config import get_config
 from model.gpt import GPT
-from quant.artifact import HEADER, MANIFEST_LEN, compress_body, encode_body
+from quant.artifact import FORMAT_VERSION, HEADER, MANIFEST_LEN, compress_body, encode_body
 from quant.schemes import QuantizedTensor, quantize_state_dict
 
 SMALL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=32, bigram_dim=32, ve_dim=32,
@@ -84,7 +83,9 @@ def honest():
 
 
 def honest_body(raw: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(raw[HEADER.size:])
+    """The decompressed body (u32 manifest length | manifest | payload), through the artifact's own reader."""
+    import quant.artifact as artifact
+    return artifact.artifact_body(raw) if hasattr(artifact, "artifact_body") else artifact._decompress(raw, "raw")
 
 
 def edit_manifest(raw: bytes, edit) -> bytes:
@@ -141,7 +142,7 @@ def resealed_variants(qtensors, config, raw) -> dict[str, bytes]:
         return lambda m: m.__setitem__(key, value)
 
     for name, edit in {"span shifted by one byte": shift_first_span, "spans overlap": overlap_spans,
-                       "span of 2^40 bytes": huge_span, "format_version 2": set_field("format_version", 2),
+                       "span of 2^40 bytes": huge_span, "format_version +1": set_field("format_version", FORMAT_VERSION + 1),
                        "int6_storage packed": set_field("int6_storage", "packed"),
                        "tensors not a list": set_field("tensors", {"a": 1}),
                        "provenance not a dict": set_field("provenance", "x")}.items():

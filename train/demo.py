@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from eval.baseline import unigram_bpb
-from train.cli_errors import (ArgumentParser, nonnegative_int, positive_float, positive_int, run_cli)
+from train.cli_errors import (ArgumentParser, fail_on_nonfinite, nonnegative_int, positive_float, positive_int,
+                              run_cli)
 from train.data.embedded import default_root, ensure_embedded_corpus
 
 DEFAULT_OUT = "runs/demo"
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     print("\n=== val_bpb by stage\n" + stage_table(figures), flush=True)
     print(json.dumps(figures, sort_keys=True), flush=True)
+    if fail_on_nonfinite(figures):
+        raise SystemExit(1)
     return figures
 
 
