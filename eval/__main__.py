@@ -10,12 +10,20 @@ file (eval.loading), the tokenizer against the model (vocab size and, where the 
 fingerprint: another tokenizer of the same size would give a wrong val_bpb), and the TTT settings against the
 model (chunk a multiple of the window, frozen blocks within its depth). Errors are one line (train.cli_errors);
 a non-finite figure in the summary makes the exit status 1.
+
+Before the first window it prints the plan (eval.plan: windows, batches, chunks, scored and trained tokens,
+FLOPs); after the third TTT chunk, the projected total time. `--ttt-budget-s S` times a score batch and an SGD
+step on random tokens first and runs the largest epoch count (at most --ttt-max-epochs) whose projected total,
+counted from the start of the command, fits S seconds, and says which. Forwards are compiled by default on CUDA
+(--no-compile to run them eagerly); with --int6-kernel, int6 matrices take the kernel only for small row counts
+and cached dense weights otherwise (eval.int6_cache).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +31,10 @@ import torch
 from eval.distributed import init_from_env, shutdown
 from eval.loading import build_model, read_model_source
 from eval.report import ChunkLog, plot_chunks, summary_line, write_json
+from eval.int6_cache import route_int6_by_size
+from eval.plan import make_plan
 from eval.scoring import evaluate, stream_target_bytes
-from eval.ttt import TTTConfig, ttt_evaluate
+from eval.ttt import ScoreFirstTTT, TTTConfig
 from train.cli_errors import (ArgumentParser, CLIError, check_cuda_device, check_input_file, check_output_file,
                               fail_on_nonfinite, nonnegative_float, nonnegative_int, positive_float, positive_int,
                               run_cli, unit_interval)
@@ -54,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear LR warmup over this fraction of chunks")
     p.add_argument("--ttt-batch-seqs", type=positive_int, default=32, help="sequences per TTT micro-batch")
     p.add_argument("--ttt-qat", action="store_true", help="fake int6 STE quantization in TTT training forwards")
+    p.add_argument("--ttt-budget-s", type=positive_float,
+                   help="run the most TTT epochs whose projected total time (from the start) fits this many seconds")
+    p.add_argument("--ttt-max-epochs", type=positive_int, default=50,
+                   help="the most epochs --ttt-budget-s may choose (default 50)")
     p.add_argument("--skip-baseline", action="store_true", help="with --ttt, skip the pre-TTT sliding score")
     p.add_argument("--log", "--chunk-log", dest="log",
                    help="per-chunk JSONL log, a PNG plot is written next to it (under torchrun spell it "
@@ -62,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: the model file's)")
     p.add_argument("--int6-kernel", action="store_true",
                    help="run int6 matrices through the int6-dequant matmul (with --ttt: the frozen blocks only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the scoring and TTT forwards (GPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the scoring and TTT forwards (default: on CUDA only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--cpu-threads", type=positive_int,
@@ -104,6 +119,8 @@ def check_settings(args: argparse.Namespace, cfg, window: int, world: int) -> No
     if args.stride > window:
         raise CLIError(f"--stride {args.stride} is larger than the window {window}; targets would go unscored")
     if not args.ttt:
+        if args.ttt_budget_s is not None:
+            raise CLIError("--ttt-budget-s sizes the TTT epochs: it needs --ttt")
         return
     if args.ttt_freeze > cfg.num_layers:
         raise CLIError(f"--ttt-freeze {args.ttt_freeze}: the model has only {cfg.num_layers} blocks")
@@ -121,6 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
     from train.provenance import check_tokenizer
 
+    started = time.perf_counter()  # --ttt-budget-s counts from here
     check_cuda_device(args.device)
     check_outputs(args)
     list_shards(args.data, "val")
@@ -146,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
     frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze)) if args.ttt else None
     model, cfg = build_model(source, device=device, backend=args.backend, int6_prefixes=frozen, where=args.model)
     del source
+    if args.int6_kernel:
+        route_int6_by_size(model)
     luts = build_byte_luts(sp, cfg.vocab_size)
     val_tokens = load_validation_tokens(args.data, cfg.seq_len, cfg.vocab_size)
     if args.max_tokens:
@@ -156,8 +176,18 @@ def run(args: argparse.Namespace) -> dict:
         f"x{world} | {len(val_tokens) - 1:,} targets | window {window} stride {args.stride}")
     common = dict(target_bytes=nbytes, window=window, stride=args.stride, batch=args.batch, seed_quirk=args.seed_quirk,
                   compile=args.compile)
+    config = None
+    if args.ttt:
+        config = TTTConfig(chunk_tokens=args.ttt_chunk, epochs=args.ttt_epochs, lr=args.ttt_lr,
+                           momentum=args.ttt_momentum, freeze_blocks=args.ttt_freeze, grad_clip=args.ttt_clip,
+                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat)
+    plan = make_plan(cfg, len(val_tokens) - 1, window=window, stride=args.stride, batch=args.batch,
+                     seed_quirk=args.seed_quirk, world=world, sliding=not (args.ttt and args.skip_baseline), ttt=config)
+    for line in plan.describe():
+        say(line + (" (epochs: set by --ttt-budget-s once timed)" if args.ttt_budget_s and "TTT training" in line
+                    else ""))
     summary = {"model": str(args.model), "kind": kind, "window": window, "stride": args.stride,
-               "targets": len(val_tokens) - 1, "world_size": world}
+               "targets": len(val_tokens) - 1, "world_size": world, "plan": plan.to_dict()}
     baseline = None
     if not (args.ttt and args.skip_baseline):
         baseline = evaluate(model, val_tokens, progress=progress, **common)
@@ -166,17 +196,18 @@ def run(args: argparse.Namespace) -> dict:
         summary.update(val_loss=baseline["val_loss"], val_bpb=baseline["val_bpb"], pre_ttt_val_bpb=baseline["val_bpb"],
                        sliding_seconds=baseline["seconds"], sliding_tokens_per_s=baseline["tokens_per_s"])
     if args.ttt:
-        config = TTTConfig(chunk_tokens=args.ttt_chunk, epochs=args.ttt_epochs, lr=args.ttt_lr,
-                           momentum=args.ttt_momentum, freeze_blocks=args.ttt_freeze, grad_clip=args.ttt_clip,
-                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat)
         if len(val_tokens) - 1 <= args.ttt_chunk:
             say(f"warning: the {len(val_tokens) - 1:,} targets fit in one TTT chunk of {args.ttt_chunk:,}; "
                 "the last chunk is never trained on, so TTT changes nothing (pass a smaller --ttt-chunk)")
+        ttt = ScoreFirstTTT(model, val_tokens, config=config, started_at=started, **common)
         log = ChunkLog(args.log if rank == 0 else None)
         try:
-            result = ttt_evaluate(model, val_tokens, config=config, progress=progress, on_chunk=log.write, **common)
+            if args.ttt_budget_s is not None:
+                say(budget_line(ttt.fit_epochs_to_budget(args.ttt_budget_s, args.ttt_max_epochs)))
+            result = ttt.run(progress=progress, on_chunk=lambda record: report_chunk(record, log, say))
         finally:
             log.close()
+            ttt.restore_requires_grad()
         say(f"ttt val_loss:{result['val_loss']:.6f} val_bpb:{result['val_bpb']:.6f} "
             f"({result['chunks']} chunks; scored {result['score_tokens_per_s']:,.0f} tok/s, "
             f"trained {result['train_tokens_per_s']:,.0f} tok/s; {result['score_seconds']:.1f}s + "
@@ -192,6 +223,24 @@ def run(args: argparse.Namespace) -> dict:
             write_json(summary, args.json)
         print(summary_line(summary))
     return summary
+
+
+PROJECT_AFTER_CHUNK = 2  # the projected total is printed once this chunk is scored (chunk 0 carries compilation)
+
+
+def report_chunk(record: dict, log: ChunkLog, say) -> None:
+    """Log a TTT chunk; after the first chunks, say the projected total time."""
+    log.write(record)
+    if record["chunk"] == PROJECT_AFTER_CHUNK and record.get("projected_total_s") is not None:
+        say(f"projected total {record['projected_total_s']:.1f}s ({record['elapsed_s']:.1f}s so far, "
+            f"{PROJECT_AFTER_CHUNK + 1} chunks scored)")
+
+
+def budget_line(choice: dict) -> str:
+    return (f"ttt budget {choice['budget_s']:.0f}s: {choice['epochs']} epochs (at most {choice['max_epochs']}), "
+            f"projected {choice['total_s']:.1f}s = {choice['elapsed_s']:.1f}s so far + scoring {choice['score_s']:.1f}s "
+            f"+ training {choice['train_s']:.1f}s ({choice['batch_s'] * 1e3:.1f} ms per score batch, "
+            f"{choice['step_s'] * 1e3:.1f} ms per SGD step, timed on random tokens)")
 
 
 if __name__ == "__main__":

@@ -86,17 +86,17 @@ class EvalPlan:
             lines.append(
                 f"plan: {name}: {s.windows:,} windows of {self.window} every {self.stride} -> {s.scored_targets:,} "
                 f"scored targets | {s.score_batches:,} batches of {s.batch} per rank (x{self.world}) | "
-                f"{s.forwarded_tokens / 1e9:.3f} G tokens forwarded, head at {s.head_positions / 1e6:.2f} M positions | "
-                f"{s.flops / 1e15:.2f} PFLOP = {s.flops / max(s.scored_targets, 1) / 1e9:.3f} GFLOP per scored target")
+                f"{_si(s.forwarded_tokens)} tokens forwarded, head at {_si(s.head_positions)} positions | "
+                f"{_si(s.flops)}FLOP = {_si(s.flops / max(s.scored_targets, 1))}FLOP per scored target")
         if self.ttt is not None:
             t = self.ttt
             lines.append(
                 f"plan: TTT training: {t.chunks:,} chunks, {t.train_chunks:,} trained ({t.seqs_per_chunk} sequences each, "
                 f"{t.seqs_per_rank} per rank) x {t.epochs} epochs = {t.sgd_steps:,} SGD steps | "
-                f"{t.trained_tokens / 1e6:.2f} M tokens trained | {t.flops / 1e15:.2f} PFLOP = "
-                f"{t.flops_per_trained_token / 1e6:.1f} MFLOP per trained token")
+                f"{_si(t.trained_tokens)} tokens trained | {_si(t.flops)}FLOP = "
+                f"{_si(t.flops_per_trained_token)}FLOP per trained token")
         total = sum(s.flops for s in (self.sliding, self.ttt_score) if s) + (self.ttt.flops if self.ttt else 0.0)
-        lines.append(f"plan: total {total / 1e15:.2f} PFLOP")
+        lines.append(f"plan: total {_si(total)}FLOP")
         return lines
 
     def with_epochs(self, epochs: int) -> "EvalPlan":
@@ -108,6 +108,14 @@ class EvalPlan:
         if self.ttt is not None:
             out["ttt"].update(trained_tokens=self.ttt.trained_tokens, sgd_steps=self.ttt.sgd_steps, flops=self.ttt.flops)
         return out
+
+
+def _si(value: float) -> str:
+    """3 significant figures with an SI prefix: 1.98 G, 150 P, 219 M."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}"
+    return f"{value:.3g} "
 
 
 def score_plan(cfg, windows: WindowPlan, groups: np.ndarray, batch: int, world: int) -> ScorePlan:

@@ -158,3 +158,41 @@ def test_real_luts_give_the_bytes_of_the_text(real_tokenizer):
     echo = evaluate(TargetEcho(), tokens, build_byte_luts(sp, 1024), window=8, stride=4, batch=3)
     assert echo["tokens"] == len(ids) - 1
     assert echo["bytes"] == len(text.encode("utf-8")) + len("second doc")
+
+
+def test_nll_at_is_per_token_nll_at_those_positions():
+    model = tiny_model(seed=7)
+    tokens, _ = stream(1 + 3 * 32, seed=8)
+    x, y = tokens[:-1].view(3, 32), tokens[1:].view(3, 32)
+    at = torch.tensor([[31, 30, 0], [5, 5, 17], [16, 29, 2]])
+    want = model.per_token_nll(x, y).gather(1, at)
+    torch.testing.assert_close(model.nll_at(x, at, y.gather(1, at)), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="positions"):
+        model.nll_at(x, at, y)
+
+
+@pytest.mark.parametrize("seed_quirk", [False, True])
+@pytest.mark.parametrize("num_tokens,stride,batch", [(1 + 150, 16, 3), (1 + 32 * 5 + 7, 8, 4), (20, 8, 2)])
+def test_head_at_scored_positions_matches_the_head_everywhere(num_tokens, stride, batch, seed_quirk):
+    """The default scoring (head and loss only where windows score) against the earlier full-head path: same
+    targets, same bytes, same NLL (short streams, tail windows and padded batches included)."""
+    model = tiny_model(seed=9)
+    tokens, nbytes = stream(num_tokens, seed=num_tokens)
+    fast = evaluate(model, tokens, target_bytes=nbytes, stride=stride, batch=batch, seed_quirk=seed_quirk)
+    full = evaluate(model, tokens, target_bytes=nbytes, stride=stride, batch=batch, seed_quirk=seed_quirk,
+                    all_positions=True)
+    assert (fast["tokens"], fast["bytes"]) == (full["tokens"], full["bytes"])
+    assert fast["nll_sum"] == pytest.approx(full["nll_sum"], rel=1e-6)
+
+
+def test_head_width_and_scored_ranges_without_gaps():
+    for num_targets, window, stride, quirk in [(1000, 32, 8, False), (997, 32, 7, True), (31, 32, 8, False),
+                                               (300, 32, 32, False), (200, 32, 8, True)]:
+        plan = plan_windows(num_targets, window, stride, quirk)
+        assert plan.head_width(0, 1) == (window if plan.lengths[0] > stride else stride)  # the first window
+        assert all(plan.head_width(lo, lo + 3) == stride for lo in range(1, len(plan)))
+        for lo in range(len(plan)):  # each window's scored range starts at or before the furthest end so far
+            first, last = plan.scored_through(0, lo + 1)
+            assert first == 1 and last == int(plan.ends[:lo + 1].max())
+            if lo:
+                assert plan.first_scored[lo] <= plan.ends[:lo].max()

@@ -158,3 +158,69 @@ def test_chunk_size_must_align_with_the_window():
     tokens, nbytes = learnable_stream(1 + 300)
     with pytest.raises(ValueError, match="multiple of the window"):
         ScoreFirstTTT(tiny_model(), tokens, target_bytes=nbytes, config=TTTConfig(chunk_tokens=100), stride=16)
+
+
+@pytest.mark.parametrize("seed_quirk,qat", [(False, False), (True, True)])
+def test_fast_path_gives_the_reference_path_scores(seed_quirk, qat):
+    """Head at the scored positions only + flat-gradient fused SGD (the default) against the head over every
+    position + tensor-by-tensor SGD and clip (the earlier path): pre- and post-TTT val_bpb equal within fp32."""
+    import dataclasses
+    tokens, nbytes = learnable_stream(1 + 4 * 128 + 37, seed=2)
+    config = dataclasses.replace(CONFIG, qat=qat, warmup_frac=0.3)
+    scores = {}
+    for fast in (True, False):
+        model = tiny_model(seed=1)
+        pre = evaluate(model, tokens, target_bytes=nbytes, stride=16, batch=5, seed_quirk=seed_quirk,
+                       all_positions=not fast)
+        post = ttt_evaluate(model, tokens, target_bytes=nbytes, config=dataclasses.replace(config, flat_step=fast),
+                            stride=16, batch=5, seed_quirk=seed_quirk, all_positions=not fast)
+        assert all(p.grad is None for p in model.parameters())
+        scores[fast] = (pre, post)
+    for fast_result, reference in zip(scores[True], scores[False]):
+        assert fast_result["tokens"] == reference["tokens"] and fast_result["bytes"] == reference["bytes"]
+        assert fast_result["val_bpb"] == pytest.approx(reference["val_bpb"], rel=1e-6)
+    assert scores[True][1]["val_bpb"] < scores[True][0]["val_bpb"]  # TTT did adapt
+
+
+def test_one_host_read_per_chunk_and_none_inside(monkeypatch):
+    """The loop reads values back to the host once per chunk (the chunk's score totals): no .item(), bool() or
+    data-dependent shape op in scoring or training."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import eval.totals
+
+    class HostReads(TorchDispatchMode):
+        ops = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique", "aten.is_nonzero")
+
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket) in self.ops:
+                self.reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    totals_calls = []
+    real_totals = eval.totals.ScoreAccumulator.totals
+    monkeypatch.setattr(eval.totals.ScoreAccumulator, "totals",
+                        lambda self, reduce=True: totals_calls.append(1) or real_totals(self, reduce))
+    tokens, nbytes = learnable_stream(1 + 3 * 128)
+    ttt = ScoreFirstTTT(tiny_model(), tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+    counter = HostReads()
+    with counter:
+        for ci in range(2):
+            ttt.score_chunk(ci)
+            ttt.train_chunk(ci)
+    assert counter.reads == [] and len(totals_calls) == 2
+
+
+def test_budget_probe_learns_nothing_from_validation_tokens():
+    """--ttt-budget-s times steps on random tokens: the guard has seen no scoring, training is still refused."""
+    tokens, nbytes = learnable_stream(1 + 3 * 128)
+    model = tiny_model()
+    ttt = ScoreFirstTTT(model, tokens, target_bytes=nbytes, config=CONFIG, stride=16, batch=8)
+    ttt.fit_epochs_to_budget(1e6, max_epochs=2)
+    assert ttt.guard.scored_through == 0 and ttt.config.epochs == 2
+    with pytest.raises(LegalityError):
+        ttt.train_chunk(0)
