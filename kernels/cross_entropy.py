@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autocast import cast_for_autocast
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DLOGITS_BUFFER_BYTES = 32 * 1024 * 1024  # bound of the backward's per-chunk (chunk, V) buffer
 
@@ -37,13 +39,14 @@ def _cfg(bt, bv, bd, warps, stages):
     return triton.Config({"BLOCK_T": bt, "BLOCK_V": bv, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
 
 
-if _INTERPRET:  # the CPU autotuner cannot benchmark: one config
-    _CONFIGS = [_cfg(64, 64, 64, 4, 1)]
-else:  # pragma: no cover - GPU only
-    _CONFIGS = [
-        _cfg(64, 128, 64, 4, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 4),
-        _cfg(64, 64, 64, 4, 4), _cfg(128, 256, 64, 8, 3), _cfg(64, 256, 64, 8, 3),
-    ]
+# bf16/fp16 on a GPU autotune over these; python -m bench.aot compiles them for sm_80 and sm_90a (bench/AOT.md).
+GPU_CONFIGS = [_cfg(64, 128, 64, 4, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 4), _cfg(64, 64, 64, 4, 4),
+               _cfg(128, 256, 64, 8, 3), _cfg(64, 256, 64, 8, 3)]
+# fp32 on a GPU is the correctness path ("ieee" CUDA-core dots under matmul precision "highest"): one small config
+# that spills in neither kernel nor precision, instead of a sweep over bf16-sized tiles (some over the shared
+# memory limit in fp32).
+FP32_CONFIG = _cfg(32, 64, 32, 4, 2)
+_CONFIGS = [_cfg(64, 64, 64, 4, 1)] if _INTERPRET else GPU_CONFIGS  # one for the interpreter: it cannot benchmark
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -154,9 +157,20 @@ def _check_blocks(blocks):
         raise ValueError(f"cross_entropy: blocks (BLOCK_T, BLOCK_V, BLOCK_D) must each be >= 16, got {blocks}")
 
 
+def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
+    """Launch kwargs that skip the autotuner, or None to autotune: explicit `blocks` (tests) or, for fp32 on a GPU,
+    FP32_CONFIG with its warps and stages."""
+    _check_blocks(blocks)
+    if blocks is not None:
+        return dict(zip(("BLOCK_T", "BLOCK_V", "BLOCK_D"), blocks))
+    if dtype == torch.float32 and not _INTERPRET:
+        return FP32_CONFIG.all_kwargs()
+    return None
+
+
 def softcap_ce_forward(x2d, weight, targets1d, softcap, nll=None, lse=None, blocks=None):
     """(nll, lse), both (N,) fp32, for x2d (N, d), weight (V, d) of x's dtype, targets1d (N,) int64."""
-    _check_blocks(blocks)
+    fixed = _fixed_launch(x2d.dtype, blocks)
     n, d = x2d.shape
     v = weight.size(0)
     nll = torch.empty(n, device=x2d.device, dtype=torch.float32) if nll is None else nll
@@ -164,31 +178,28 @@ def softcap_ce_forward(x2d, weight, targets1d, softcap, nll=None, lse=None, bloc
     if n == 0:
         return nll, lse
     args = (x2d, weight, targets1d, nll, lse, n, v, d, x2d.stride(0), weight.stride(0), float(softcap))
-    if blocks is None:
+    if fixed is None:
         _softcap_ce_forward_tuned[lambda c: (triton.cdiv(n, c["BLOCK_T"]),)](*args, **_meta(x2d.dtype))
     else:
-        bt, bv, bd = blocks
-        _softcap_ce_forward_kernel[(triton.cdiv(n, bt),)](
-            *args, **_meta(x2d.dtype), BLOCK_T=bt, BLOCK_V=bv, BLOCK_D=bd)
+        _softcap_ce_forward_kernel[(triton.cdiv(n, fixed["BLOCK_T"]),)](*args, **_meta(x2d.dtype), **fixed)
     return nll, lse
 
 
 def softcap_ce_dlogits(x2d, weight, targets1d, lse, grad, softcap, out, blocks=None):
     """Write da (N, V) = d nll-weighted-by-grad / d (x W^T) into `out` (N, V)."""
-    _check_blocks(blocks)
+    fixed = _fixed_launch(x2d.dtype, blocks)
     n, d = x2d.shape
     v = weight.size(0)
     if n == 0:
         return out
     args = (x2d, weight, targets1d, lse, grad, out, n, v, d, x2d.stride(0), weight.stride(0), out.stride(0),
             float(softcap))
-    if blocks is None:
+    if fixed is None:
         _softcap_ce_dlogits_tuned[lambda c: (triton.cdiv(n, c["BLOCK_T"]), triton.cdiv(v, c["BLOCK_V"]))](
             *args, **_meta(x2d.dtype))
     else:
-        bt, bv, bd = blocks
-        _softcap_ce_dlogits_kernel[(triton.cdiv(n, bt), triton.cdiv(v, bv))](
-            *args, **_meta(x2d.dtype), BLOCK_T=bt, BLOCK_V=bv, BLOCK_D=bd)
+        _softcap_ce_dlogits_kernel[(triton.cdiv(n, fixed["BLOCK_T"]), triton.cdiv(v, fixed["BLOCK_V"]))](
+            *args, **_meta(x2d.dtype), **fixed)
     return out
 
 
@@ -273,7 +284,8 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
                           softcap: float) -> torch.Tensor:
     """Per-token NLL (fp32, shape of `targets`) of the tied head with logit softcap.
 
-    x: (..., d) final normed hidden states (fp32/bf16/fp16); weight: (vocab, d), cast to x's dtype;
+    x: (..., d) final normed hidden states (fp32/bf16/fp16), cast to the autocast dtype under autocast (as
+    F.linear in the eager twin: the final norm's output is fp32); weight: (vocab, d), cast to x's dtype;
     targets: int64 with targets.numel() == x.numel() // d, values in [0, vocab) (others give NaN).
     logits = softcap * tanh(x W^T / softcap). FLOPs: 2*N*V*d forward, 6*N*V*d backward.
     """
@@ -291,5 +303,6 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= weight.size(0):
             raise ValueError(f"softcap_cross_entropy: targets in [{lo}, {hi}] outside the vocab [0, {weight.size(0)})")
+    x = cast_for_autocast(x)
     nll, _ = _softcap_ce_op(x, weight.to(x.dtype), targets, float(softcap))
     return nll

@@ -27,14 +27,16 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autocast import cast_for_autocast
 from quant.pack import packed_row_bytes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SMALL_M = 64  # at or below this many rows the matmul is memory/latency bound: small-M tile configs
 
 # --------------------------------------------------------------------------------------------------
-# Autotune configs: one under the interpreter (the CPU autotuner cannot benchmark), a GPU set split in
-# small-M (weight-streaming: BLOCK_M 16/32, many N tiles) and large-M (tensor-core bound) families.
+# Configs. On a GPU, bf16/fp16 autotune over a set split in small-M (weight-streaming: BLOCK_M 16/32, many N
+# tiles) and large-M (tensor-core bound) families; fp32 runs one small config; the interpreter one tile (its
+# autotuner cannot benchmark). python -m bench.aot compiles them all for sm_80 and sm_90a (bench/AOT.md).
 # --------------------------------------------------------------------------------------------------
 
 
@@ -42,17 +44,19 @@ def _cfg(bm, bn, bk, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
-if _INTERPRET:
-    _CONFIGS = [_cfg(64, 64, 64, 4, 1)]
-else:  # pragma: no cover - GPU only
-    _CONFIGS = [
-        # small M
-        _cfg(16, 16, 256, 4, 4), _cfg(16, 32, 128, 4, 4), _cfg(16, 64, 128, 4, 4), _cfg(16, 64, 256, 4, 3),
-        _cfg(32, 32, 128, 4, 4), _cfg(32, 64, 64, 4, 4),
-        # large M
-        _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
-        _cfg(64, 128, 64, 4, 4), _cfg(128, 256, 64, 8, 3), _cfg(256, 128, 64, 8, 3),
-    ]
+_LARGE_M = [_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
+            _cfg(64, 128, 64, 4, 4), _cfg(128, 256, 64, 8, 3), _cfg(256, 128, 64, 8, 3)]
+FORWARD_CONFIGS = [_cfg(16, 16, 256, 4, 4), _cfg(16, 32, 128, 4, 4), _cfg(16, 64, 128, 4, 4),
+                   _cfg(16, 64, 256, 4, 3), _cfg(32, 32, 128, 4, 4), _cfg(32, 64, 64, 4, 4)] + _LARGE_M
+# The backward reduces over BLOCK_N: at least 32 deep. A 16-deep reduction tile with a bf16 mma.sync operand of
+# kWidth 8 is the pattern of an upstream miscompile (triton PR #10645) that 3.6 may carry.
+BACKWARD_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(16, 32, 128, 4, 4), _cfg(16, 64, 128, 4, 4),
+                    _cfg(16, 64, 256, 4, 3), _cfg(32, 32, 128, 4, 4), _cfg(32, 64, 64, 4, 4)] + _LARGE_M
+# fp32 on a GPU is the correctness path ("ieee" CUDA-core dots under matmul precision "highest"): one config that
+# spills in neither kernel nor precision, instead of a sweep over bf16-sized tiles that spill and compile for
+# tens of seconds each.
+FP32_CONFIG = _cfg(32, 32, 32, 4, 2)
+_INTERPRET_CONFIG = _cfg(64, 64, 64, 4, 1)
 
 
 def _prune_by_m(configs, named_args, **kwargs):
@@ -163,11 +167,11 @@ def _int6_linear_backward_kernel(
 
 
 _int6_linear_forward_tuned = triton.autotune(
-    configs=_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m}
-)(_int6_linear_forward_kernel)
+    configs=[_INTERPRET_CONFIG] if _INTERPRET else FORWARD_CONFIGS, key=["M_BUCKET", "N", "K"],
+    prune_configs_by={"early_config_prune": _prune_by_m})(_int6_linear_forward_kernel)
 _int6_linear_backward_tuned = triton.autotune(
-    configs=_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m}
-)(_int6_linear_backward_kernel)
+    configs=[_INTERPRET_CONFIG] if _INTERPRET else BACKWARD_CONFIGS, key=["M_BUCKET", "N", "K"],
+    prune_configs_by={"early_config_prune": _prune_by_m})(_int6_linear_backward_kernel)
 
 # --------------------------------------------------------------------------------------------------
 # Host launchers (accept a preallocated output so tests can poison it; explicit blocks skip autotune)
@@ -180,9 +184,22 @@ def _check_blocks(blocks):
                          f"BLOCK_K % 4 == 0, got {blocks}")
 
 
-def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):
-    """Launch forward (tile_axis 'N') or backward (tile_axis 'K'); grid = (M tiles, tile_axis tiles)."""
+def _fixed_launch(dtype: torch.dtype, blocks, config) -> dict | None:
+    """Launch kwargs that skip the autotuner, or None to autotune: a forced triton.Config `config` (tests), explicit
+    `blocks` (default warps and stages), or FP32_CONFIG for fp32 on a GPU."""
     _check_blocks(blocks)
+    if config is not None:
+        return config.all_kwargs()
+    if blocks is not None:
+        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
+    if dtype == torch.float32 and not _INTERPRET:
+        return FP32_CONFIG.all_kwargs()
+    return None
+
+
+def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks, config):
+    """Launch forward (tile_axis 'N') or backward (tile_axis 'K'); grid = (M tiles, tile_axis tiles)."""
+    fixed = _fixed_launch(a.dtype, blocks, config)
     m = a.size(0)
     if m == 0:
         return out
@@ -190,30 +207,30 @@ def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):
     args = (a, packed, scales, out, m, n, k, packed.size(1) // 3, _m_bucket(m),
             a.stride(0), packed.stride(0), out.stride(0))
     meta = {"UPCAST": _INTERPRET or a.dtype == torch.float32, "DOT_PRECISION": _dot_precision(a.dtype)}
-    if blocks is None:
+    if fixed is None:
         tuned[lambda c: (triton.cdiv(m, c["BLOCK_M"]), triton.cdiv(cols, c["BLOCK_" + tile_axis]))](*args, **meta)
     else:
-        bm, bn, bk = blocks
-        kernel[(triton.cdiv(m, bm), triton.cdiv(cols, bn if tile_axis == "N" else bk))](
-            *args, **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        kernel[(triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(cols, fixed["BLOCK_" + tile_axis]))](
+            *args, **meta, **fixed)
     return out
 
 
-def int6_linear_forward(x2d, packed, scales, in_features, out=None, blocks=None):
-    """y (M, N) = x2d (M, K) @ dequant(packed, scales)^T, written into `out` when given."""
+def int6_linear_forward(x2d, packed, scales, in_features, out=None, blocks=None, config=None):
+    """y (M, N) = x2d (M, K) @ dequant(packed, scales)^T, written into `out` when given; `blocks` (a
+    (BLOCK_M, BLOCK_N, BLOCK_K) tuple) or `config` (a triton.Config) force the tiles."""
     n = packed.size(0)
     if out is None:
         out = torch.empty((x2d.size(0), n), device=x2d.device, dtype=x2d.dtype)
     return _launch(_int6_linear_forward_tuned, _int6_linear_forward_kernel,
-                   x2d, packed, scales, out, n, in_features, "N", blocks)
+                   x2d, packed, scales, out, n, in_features, "N", blocks, config)
 
 
-def int6_linear_backward(dy2d, packed, scales, in_features, out=None, blocks=None):
-    """dx (M, K) = dy2d (M, N) @ dequant(packed, scales), written into `out` when given."""
+def int6_linear_backward(dy2d, packed, scales, in_features, out=None, blocks=None, config=None):
+    """dx (M, K) = dy2d (M, N) @ dequant(packed, scales), written into `out` when given (tiles as the forward)."""
     if out is None:
         out = torch.empty((dy2d.size(0), in_features), device=dy2d.device, dtype=dy2d.dtype)
     return _launch(_int6_linear_backward_tuned, _int6_linear_backward_kernel,
-                   dy2d, packed, scales, out, packed.size(0), in_features, "K", blocks)
+                   dy2d, packed, scales, out, packed.size(0), in_features, "K", blocks, config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,7 +286,8 @@ def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
     """y = x @ dequant(W)^T for int6 weights packed 4-per-3-bytes (quant.pack layout) with per-row scales.
 
     x: (..., in_features) fp32/bf16/fp16; packed: uint8 (N, 3*ceil(in_features/4)); scales: (N,) float.
-    Returns (..., N) in x's dtype. Differentiable w.r.t. x only. FLOPs 2*M*N*K forward, same backward.
+    Returns (..., N) in x's dtype, or the autocast dtype under autocast (as F.linear in the eager twin).
+    Differentiable w.r.t. x only. FLOPs 2*M*N*K forward, same backward.
     """
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise ValueError(f"int6_linear: packed must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
@@ -283,4 +301,4 @@ def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
         raise ValueError(f"int6_linear: x must be fp32, bf16 or fp16, got {x.dtype}")
     if x.size(-1) != in_features:
         raise ValueError(f"int6_linear: x has {x.size(-1)} features, weight expects {in_features}")
-    return _int6_linear_op(x, packed, scales, in_features)
+    return _int6_linear_op(cast_for_autocast(x), packed, scales, in_features)

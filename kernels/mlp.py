@@ -34,6 +34,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.autocast import cast_for_autocast
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _EPILOGUE_RELU2_FORWARD = 1   # u -> (u, a = relu(u)^2 * alpha + beta)
@@ -106,17 +108,26 @@ def _relu2_matmul_kernel(
         tl.store(part_beta_ptr + pid_m * N + rn, tl.sum(d_act, axis=0), mask=col_ok)
 
 
-def _gpu_configs(block_ms):
-    """H100/A100 tile candidates (bf16 tiles; fp32 ones that overflow shared memory are skipped by the tuner)."""
-    shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-              (128, 128, 32, 4, 4), (256, 128, 64, 8, 3), (64, 256, 32, 4, 4)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in shapes if bm in block_ms]
+def _config(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
-_forward_tuned = triton.autotune(configs=_gpu_configs((64, 128, 256)), key=["M", "N", "K"])(_relu2_matmul_kernel)
-_backward_tuned = triton.autotune(configs=_gpu_configs((_BACKWARD_BLOCK_M,)), key=["M", "N", "K"])(
-    _relu2_matmul_kernel)
+# H100/A100 bf16 tile candidates (python -m bench.aot compiles them all: bench/AOT.md). The backward's BLOCK_M is
+# fixed (the partial-sum buffer has one row per row tile), and its epilogue (load u; write dU, a and two column
+# sums) spills on sm_80 and sm_90a at 128 x 128 and wider tiles and at 128 x 64 with 4 warps: its list keeps
+# the tiles that do not. The forward's 128 x 256 and 256 x 128 tiles spill a few bytes on sm_80 only.
+FORWARD_CONFIGS = [_config(*c) for c in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4),
+                                         (64, 128, 64, 4, 4), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3),
+                                         (64, 256, 32, 4, 4))]
+BACKWARD_CONFIGS = [_config(_BACKWARD_BLOCK_M, bn, bk, w, s) for bn, bk, w, s in ((64, 64, 8, 3), (64, 32, 8, 4),
+                                                                                  (32, 64, 4, 4), (64, 128, 8, 3))]
+# fp32 on a GPU is the correctness path ("ieee" dots on CUDA cores unless TF32 is allowed): one small config that
+# neither spills nor compiles for seconds, instead of a sweep over bf16-sized tiles (as attention does).
+FP32_CONFIG = _config(64, 64, 32, 4, 2)
+_INTERPRET_BLOCKS = (64, 64, 64)  # the interpreter runs one fixed tile (its autotuner cannot benchmark)
+
+_forward_tuned = triton.autotune(configs=FORWARD_CONFIGS, key=["M", "N", "K"])(_relu2_matmul_kernel)
+_backward_tuned = triton.autotune(configs=BACKWARD_CONFIGS, key=["M", "N", "K"])(_relu2_matmul_kernel)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -126,20 +137,35 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
 
 
+def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
+    """Launch kwargs of a launch that skips the autotuner, or None to autotune (bf16/fp16 on a GPU).
+
+    Explicit `blocks` (BLOCK_M, BLOCK_N, BLOCK_K) win (tests); the interpreter runs one fixed tile; fp32 on a GPU
+    runs FP32_CONFIG with its warps and stages.
+    """
+    if blocks is not None:
+        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
+    if _INTERPRET:
+        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _INTERPRET_BLOCKS))
+    if dtype == torch.float32:
+        return FP32_CONFIG.all_kwargs()
+    return None
+
+
 def _launch(epilogue, a, b, out, u, act, alpha, beta, part_alpha, part_beta, blocks, tuned):
-    """Run the kernel on A (M, K) @ B (K, N); `blocks` = (BLOCK_M, BLOCK_N, BLOCK_K) or None to autotune."""
+    """Run the kernel on A (M, K) @ B (K, N); `blocks` = (BLOCK_M, BLOCK_N, BLOCK_K) or None (see _fixed_launch)."""
     M, K = a.shape
     N = b.shape[1]
     args = (a, b, out, u, act, alpha, beta, part_alpha, part_beta, M, N, K,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1))
     flags = dict(EPILOGUE=epilogue, UPCAST=_INTERPRET, INPUT_PRECISION=_input_precision(a.dtype), GROUP_M=_GROUP_M)
-    if blocks is None and not _INTERPRET:
+    fixed = _fixed_launch(a.dtype, blocks)
+    if fixed is None:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
         tuned[grid](*args, **flags)
         return
-    bm, bn, bk = blocks or (64, 64, 64)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _relu2_matmul_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    grid = (triton.cdiv(M, fixed["BLOCK_M"]) * triton.cdiv(N, fixed["BLOCK_N"]),)
+    _relu2_matmul_kernel[grid](*args, **flags, **fixed)
 
 
 def _relu2_up(x2, w_up, alpha, beta, u=None, act=None, blocks=None):
@@ -156,7 +182,8 @@ def _relu2_down_grad(d_out2, w_down, u, alpha, beta, d_u=None, act=None, part_al
                      blocks=None):
     """From dA = d_out2 @ w_down: returns dU, recomputed act, and the (tiles, h) d_alpha / d_beta partials."""
     M, h = u.shape
-    block_m = blocks[0] if blocks is not None else (64 if _INTERPRET else _BACKWARD_BLOCK_M)
+    fixed = _fixed_launch(d_out2.dtype, blocks)
+    block_m = fixed["BLOCK_M"] if fixed is not None else _BACKWARD_BLOCK_M
     tiles = triton.cdiv(M, block_m)
     d_u = u.new_empty((M, h)) if d_u is None else d_u
     act = u.new_empty((M, h)) if act is None else act
@@ -238,13 +265,6 @@ def _check_mlp_inputs(x, w_up, w_down, alpha, beta):
             raise ValueError(f"relu2_mlp: {name} must have shape ({h},), got {tuple(vec.shape)}")
 
 
-def _autocast(x: torch.Tensor) -> torch.Tensor:
-    """Cast x to the autocast dtype when autocast is on: what F.linear does in the eager twin."""
-    if torch.is_autocast_enabled(x.device.type):
-        return x.to(torch.get_autocast_dtype(x.device.type))
-    return x
-
-
 def relu2_mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
               alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """The seed's MLP: down( relu(up(x))^2 * alpha + beta ), fused as the module docstring describes.
@@ -253,7 +273,7 @@ def relu2_mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
     (the autocast dtype under autocast). FLOPs: forward 4*M*d*h, backward 8*M*d*h for M = x.numel() / d.
     """
     _check_mlp_inputs(x, w_up, w_down, alpha, beta)
-    x = _autocast(x)
+    x = cast_for_autocast(x)
     dt = x.dtype
     out, _ = torch.ops.triton_golf.relu2_mlp(x, w_up.to(dt), w_down.to(dt), alpha.to(dt), beta.to(dt))
     return out

@@ -25,15 +25,16 @@ ROPE_BLOCK_ROWS = 64 if INTERPRET else 16  # the interpreter pays per program; a
 
 
 @triton.jit
-def _rope_tile(x_ptr, cos_ptr, sin_ptr, rows, offs_d, mask, t, D, HALF: tl.constexpr, sin_sign):
-    """Load the (rows, d) tile and its rotation partners; return (x, R(x)) in fp32 (R's sin scaled by sin_sign)."""
-    x = tl.load(x_ptr + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+def _rope_tile(x_ptr, cos_ptr, sin_ptr, row_off, offs_d, mask, t, HALF: tl.constexpr, sin_sign):
+    """Load the (rows, d) tile at int64 row offsets row_off (BLOCK_R, 1) and its rotation partners; return
+    (x, R(x)) in fp32 (R's sin scaled by sin_sign)."""
+    x = tl.load(x_ptr + row_off + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     y = x
     if HALF > 0:
         first = offs_d < HALF
         rotated = offs_d < 2 * HALF
         partner = tl.where(first, offs_d + HALF, tl.where(rotated, offs_d - HALF, offs_d))
-        xp = tl.load(x_ptr + rows[:, None] * D + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+        xp = tl.load(x_ptr + row_off + partner[None, :], mask=mask, other=0.0).to(tl.float32)
         freq = tl.where(first, offs_d, offs_d - HALF)
         tab = t[:, None] * HALF + freq[None, :]
         rot_mask = mask & rotated[None, :]
@@ -53,12 +54,13 @@ def _rope_fwd_kernel(x_ptr, cos_ptr, sin_ptr, gain_ptr, out_ptr, n_rows, H, T, D
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (offs_d[None, :] < D)
     t = (rows // H) % T
-    x, y = _rope_tile(x_ptr, cos_ptr, sin_ptr, rows, offs_d, mask, t, D, HALF, sin_sign)
+    row_off = rows.to(tl.int64)[:, None] * D  # int64: B * T * H * D passes 2^31 at long sequences and batches
+    x, y = _rope_tile(x_ptr, cos_ptr, sin_ptr, row_off, offs_d, mask, t, HALF, sin_sign)
     if NORM:  # rms_norm commutes with the rotation (a per-row scalar), so scale after rotating
         y = y * tl.math.rsqrt(tl.sum(x * x, 1) / D + eps)[:, None]
     if HAS_GAIN:
         y = y * tl.load(gain_ptr + rows % H, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    tl.store(out_ptr + rows[:, None] * D + offs_d[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row_off + offs_d[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -70,17 +72,18 @@ def _qk_norm_rope_bwd_kernel(grad_ptr, x_ptr, cos_ptr, sin_ptr, gain_ptr, dx_ptr
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (offs_d[None, :] < D)
     t = (rows // H) % T
-    x = tl.load(x_ptr + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    row_off = rows.to(tl.int64)[:, None] * D
+    x = tl.load(x_ptr + row_off + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     rstd = tl.math.rsqrt(tl.sum(x * x, 1) / D + eps)
     # dxn = R^T(gain * dy): R with sin negated, applied to the incoming gradient
-    g, dxn = _rope_tile(grad_ptr, cos_ptr, sin_ptr, rows, offs_d, mask, t, D, HALF, -1.0)
+    g, dxn = _rope_tile(grad_ptr, cos_ptr, sin_ptr, row_off, offs_d, mask, t, HALF, -1.0)
     if HAS_GAIN:
-        _, rx = _rope_tile(x_ptr, cos_ptr, sin_ptr, rows, offs_d, mask, t, D, HALF, 1.0)
+        _, rx = _rope_tile(x_ptr, cos_ptr, sin_ptr, row_off, offs_d, mask, t, HALF, 1.0)
         tl.store(dgain_rows_ptr + rows, tl.sum(g * rx, 1) * rstd, mask=row_ok)
         dxn = dxn * tl.load(gain_ptr + rows % H, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     xn = x * rstd[:, None]
     dx = rstd[:, None] * (dxn - xn * (tl.sum(dxn * xn, 1) / D)[:, None])
-    tl.store(dx_ptr + rows[:, None] * D + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + row_off + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int,
