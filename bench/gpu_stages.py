@@ -82,23 +82,31 @@ def _best(cases: list[dict], case: str) -> tuple[str, float] | None:
 
 def projections(cases: list[dict]) -> dict:
     """Projected wall time of the full validation run's score-first TTT (10 epochs) on this GPU, from the
-    fastest measured ttt_score and ttt_train variants: forwarded tokens / scoring tokens/s + trained tokens /
-    training tokens/s (one GPU; no overlap, no host overhead counted)."""
+    fastest measured ttt_score and ttt_train variants, by eval.plan: the busiest rank's score batches (padded, as
+    run) at the measured forwarded tokens/s + its SGD steps at the measured training tokens/s. One GPU as
+    measured; N GPUs ideal (each rank's share at the same tokens/s, all-reduce not counted). The ttt_score case
+    forwards whole windows and reads the head at their last `stride` positions, as eval.scoring does."""
     score, train = _best(cases, "ttt_score"), _best(cases, "ttt_train")
     if not score or not train:
         return {}
+    from eval.plan import make_plan
     from eval.ttt import TTTConfig
-    from eval.windows import num_chunks, plan_windows
+    from model.config import get_config
 
-    ttt = TTTConfig()
-    plan = plan_windows(FULL_VALIDATION["targets"], FULL_VALIDATION["window"], FULL_VALIDATION["stride"])
-    forwarded = int(plan.lengths.sum())
-    trained = ttt.epochs * (num_chunks(FULL_VALIDATION["targets"], ttt.chunk_tokens) - 1) * ttt.chunk_tokens
-    score_s, train_s = forwarded / score[1], trained / train[1]
+    ttt, cfg = TTTConfig(), get_config("seed")
+    full = dict(window=FULL_VALIDATION["window"], stride=FULL_VALIDATION["stride"], batch=32, sliding=False, ttt=ttt)
+    plans = {world: make_plan(cfg, FULL_VALIDATION["targets"], world=world, **full) for world in (1, 8)}
+    seconds = {world: (plan.ttt_score.score_batches * plan.ttt_score.batch * plan.window / score[1],  # one rank
+                       plan.ttt.sgd_steps * plan.ttt.seqs_per_rank * plan.window / train[1])
+               for world, plan in plans.items()}
+    one, (score_s, train_s) = plans[1], seconds[1]
     return {"ttt_full_validation": {
-        "windows": len(plan), "forwarded_tokens": forwarded, "trained_tokens": trained, "epochs": ttt.epochs,
-        "score_variant": score[0], "train_variant": train[0], "score_s": round(score_s, 1),
-        "train_s": round(train_s, 1), "total_s": round(score_s + train_s, 1)}}
+        "windows": one.ttt_score.windows, "forwarded_tokens": one.ttt_score.forwarded_tokens,
+        "trained_tokens": one.ttt.trained_tokens, "epochs": ttt.epochs, "score_variant": score[0],
+        "train_variant": train[0], "score_s": round(score_s, 1), "train_s": round(train_s, 1),
+        "total_s": round(score_s + train_s, 1),
+        "scored_targets_per_s": round(score[1] * one.ttt_score.scored_targets / one.ttt_score.forwarded_tokens),
+        "total_s_8gpu_ideal": round(sum(seconds[8]), 1)}}
 
 
 def summary_table(result: dict) -> str:
@@ -112,6 +120,8 @@ def summary_table(result: dict) -> str:
     projection = result["projections"].get("ttt_full_validation")
     if projection:
         lines.append(f"\nprojected full-validation TTT ({projection['epochs']} epochs): {projection['total_s']:.0f} s "
-                     f"= scoring {projection['score_s']:.0f} s + training {projection['train_s']:.0f} s")
+                     f"= scoring {projection['score_s']:.0f} s + training {projection['train_s']:.0f} s"
+                     + (f"; 8 GPUs, ideal: {projection['total_s_8gpu_ideal']:.0f} s"
+                        if "total_s_8gpu_ideal" in projection else ""))
     lines.append(f"total {result['seconds']:.0f} s of a {result['budget_s']:.0f} s budget")
     return "\n".join(lines)

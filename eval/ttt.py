@@ -20,16 +20,14 @@ forwards are torch.compile'd by default on CUDA. The frozen blocks still pass gr
 gradient): the embeddings before them train, and 598's TTT trained them through those blocks.
 `TTTConfig(flat_step=False)` with `all_positions=True` is the earlier, slower path, kept as the reference.
 
-Time: `fit_epochs_to_budget` times a score batch and an SGD step on random tokens (never validation tokens, and
-the weights and momentum are restored), then picks the largest epoch count whose projected total fits the
-budget (eval.plan.epochs_for_budget). Each chunk record carries the projected total from the rates measured so
-far.
+Time: `fit_epochs_to_budget` (eval.budget) times a score batch and an SGD step on random tokens, then picks the
+largest epoch count whose projected total fits the budget. Each chunk record carries the projected total from
+the rates measured so far.
 
 The model is adapted in place: pass a copy if the caller still needs the original weights.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from eval.distributed import all_reduce_max_, rank_and_world
+from eval.distributed import rank_and_world
 from eval.legality import LegalityGuard
 from eval.phase_clock import PhaseClock
 from eval.scoring import (_prepare, _progress_bar, autocast_for, compile_default, compiled_nll, model_device,
@@ -239,70 +237,16 @@ class ScoreFirstTTT:
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._saved_requires_grad[name])
 
-    # ---- time budget --------------------------------------------------------------------------------
+    # ---- time budget (eval.budget) -------------------------------------------------------------------
     def measure_rates(self, reps: int = 2) -> dict:
-        """Seconds per score batch and per SGD step on this device, timed on random tokens after one untimed call
-        each (compilation, warm-up). Validation tokens are never used, so nothing is learned before it is scored;
-        the weights and the optimizer's momentum are restored afterwards. All ranks get the slowest rank's rates."""
-        vocab = int(self.model.cfg.vocab_size)
-        g = torch.Generator().manual_seed(0)
-        width = self.window if self.all_positions else self.plan.stride
-        x = torch.randint(vocab, (self.batch, self.window), generator=g).to(self.device)
-        at = torch.arange(self.window - width, self.window, device=self.device).expand(self.batch, width)
-        y = torch.randint(vocab, (self.batch, width), generator=g).to(self.device)
-        seqs = self.config.chunk_tokens // self.window // self.world
-        xs = torch.randint(vocab, (seqs, self.window), generator=g).to(self.device)
-        ys = torch.randint(vocab, (seqs, self.window), generator=g).to(self.device)
-
-        def score():
-            with torch.no_grad(), autocast_for(self.device):
-                self.nll_fn(x, x) if self.all_positions else self.nll_fn(x, at, y)
-
-        saved = [p.detach().clone() for p in self.params]
-        self.model.eval()
-        batch_s = self._time(score, reps)
-        self.model.train()
-        with _fake_quant(self.model, self.config.qat):
-            step_s = self._time(lambda: self._sgd_step(xs, ys), reps)
-        self.model.eval()
-        with torch.no_grad():
-            for p, value in zip(self.params, saved):
-                p.copy_(value)
-        self.optimizer.state.clear()  # fresh momentum, as if the probe never ran
-        self.step.zero_grad()
-        rates = torch.tensor([batch_s, step_s], dtype=torch.float64, device=self.device)
-        batch_s, step_s = all_reduce_max_(rates).tolist()
-        self.rates = {"batch_s": batch_s, "step_s": step_s, "reps": reps}
-        return self.rates
-
-    def _time(self, fn: Callable[[], None], reps: int) -> float:
-        fn()  # warm-up: compilation, allocator, autotuning
-        self._sync()
-        t0 = self.clock()
-        for _ in range(reps):
-            fn()
-        self._sync()
-        return (self.clock() - t0) / reps
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        """Seconds per score batch and per SGD step, timed on random tokens (eval.budget.measure_rates)."""
+        from eval.budget import measure_rates
+        return measure_rates(self, reps)
 
     def fit_epochs_to_budget(self, budget_s: float, max_epochs: int = 50, reps: int = 2) -> dict:
-        """Measure the rates, then set the epoch count to the largest in [0, max_epochs] whose projected total
-        (time spent since `started_at` + scoring + training) fits `budget_s`; returns the choice and its projection.
-        eval.plan.BudgetError when the scoring alone is projected past the budget."""
-        from eval.plan import epochs_for_budget, make_plan
-
-        rates = self.measure_rates(reps)
-        plan = make_plan(self.model.cfg, self.num_targets, window=self.window, stride=self.plan.stride,
-                         batch=self.batch, seed_quirk=self.seed_quirk, world=self.world, sliding=False,
-                         ttt=self.config)
-        choice = epochs_for_budget(plan, budget_s, rates["batch_s"], rates["step_s"],
-                                   elapsed_s=self.clock() - self.started_at, max_epochs=max_epochs)
-        self.config = dataclasses.replace(self.config, epochs=choice["epochs"])
-        self.budget = {**choice, "budget_s": budget_s, "max_epochs": max_epochs, **rates}
-        return self.budget
+        """Set the epoch count to the largest whose projected total fits `budget_s` (eval.budget)."""
+        from eval.budget import fit_epochs_to_budget
+        return fit_epochs_to_budget(self, budget_s, max_epochs, reps)
 
 
 def ttt_evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts=None, *,

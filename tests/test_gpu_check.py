@@ -67,8 +67,13 @@ def test_ttt_projection_uses_the_fastest_variants_and_the_full_validation_plan()
     assert p["windows"] == 969_057  # exact-once windows (the eval default) at 62,021,632 targets, stride 64
     assert p["score_variant"] == "triton+compile" and p["train_variant"] == "compile"
     assert p["trained_tokens"] == 10 * 1892 * 32768  # every chunk but the last, 10 epochs
+    assert p["forwarded_tokens"] == 30_284 * 32 * 2048  # eval.plan: padded score batches of 32 windows, as run
     assert p["score_s"] == pytest.approx(p["forwarded_tokens"] / 4e6, abs=0.1)
+    assert p["train_s"] == pytest.approx(p["trained_tokens"] / 1e6, abs=0.1)
     assert p["total_s"] == pytest.approx(p["score_s"] + p["train_s"], abs=0.2)
+    assert p["scored_targets_per_s"] == round(4e6 * 62_021_632 / p["forwarded_tokens"])
+    # 8 GPUs, ideal: each rank scores 2 batches and trains 2 of the 16 sequences per chunk
+    assert p["total_s_8gpu_ideal"] == pytest.approx((1893 * 2 * 32 * 2048) / 4e6 + 18_920 * 2 * 2048 / 1e6, abs=0.2)
     assert gpu_stages.projections(cases[:2]) == {}  # no training figure, no projection
 
 
