@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0 triton==3.7.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-quick bench gpu-check-dry clean-data
+.PHONY: install demo test bench-quick bench gpu-check-dry aot clean-data
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,6 +31,10 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# ahead-of-time kernel report: every kernel config compiled for sm_80 and sm_90a, no GPU (bench/aot, bench/AOT.md)
+aot: $(STAMP)
+	$(PY) -m bench.aot
 
 # the GPU check's plumbing on the CPU (CI): every stage's selection runs at quick shapes; nothing is measured
 gpu-check-dry: $(STAMP)

@@ -153,14 +153,18 @@ def _meta(dtype):
 
 
 def _check_blocks(blocks):
+    if isinstance(blocks, triton.Config):
+        blocks = tuple(blocks.kwargs[k] for k in ("BLOCK_T", "BLOCK_V", "BLOCK_D"))
     if blocks is not None and (len(blocks) != 3 or any(b < 16 for b in blocks)):
         raise ValueError(f"cross_entropy: blocks (BLOCK_T, BLOCK_V, BLOCK_D) must each be >= 16, got {blocks}")
 
 
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs that skip the autotuner, or None to autotune: explicit `blocks` (tests) or, for fp32 on a GPU,
-    FP32_CONFIG with its warps and stages."""
+    """Launch kwargs that skip the autotuner, or None to autotune: `blocks` given as a triton.Config (its warps and
+    stages too) or a (BLOCK_T, BLOCK_V, BLOCK_D) tuple (tests), else FP32_CONFIG for fp32 on a GPU."""
     _check_blocks(blocks)
+    if isinstance(blocks, triton.Config):
+        return blocks.all_kwargs()
     if blocks is not None:
         return dict(zip(("BLOCK_T", "BLOCK_V", "BLOCK_D"), blocks))
     if dtype == torch.float32 and not _INTERPRET:

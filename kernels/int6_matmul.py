@@ -179,17 +179,20 @@ _int6_linear_backward_tuned = triton.autotune(
 
 
 def _check_blocks(blocks):
+    if isinstance(blocks, triton.Config):
+        blocks = tuple(blocks.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     if blocks is not None and (len(blocks) != 3 or blocks[2] % 4 or any(b < 16 for b in blocks)):
         raise ValueError("int6_matmul: blocks (BLOCK_M, BLOCK_N, BLOCK_K) must each be >= 16 with "
                          f"BLOCK_K % 4 == 0, got {blocks}")
 
 
-def _fixed_launch(dtype: torch.dtype, blocks, config) -> dict | None:
-    """Launch kwargs that skip the autotuner, or None to autotune: a forced triton.Config `config` (tests), explicit
-    `blocks` (default warps and stages), or FP32_CONFIG for fp32 on a GPU."""
+def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
+    """Launch kwargs that skip the autotuner, or None to autotune: `blocks` given as a triton.Config (its warps and
+    stages too) or a (BLOCK_M, BLOCK_N, BLOCK_K) tuple (Triton's default warps and stages), else FP32_CONFIG for
+    fp32 on a GPU."""
     _check_blocks(blocks)
-    if config is not None:
-        return config.all_kwargs()
+    if isinstance(blocks, triton.Config):
+        return blocks.all_kwargs()
     if blocks is not None:
         return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
     if dtype == torch.float32 and not _INTERPRET:
@@ -197,9 +200,9 @@ def _fixed_launch(dtype: torch.dtype, blocks, config) -> dict | None:
     return None
 
 
-def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks, config):
+def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):
     """Launch forward (tile_axis 'N') or backward (tile_axis 'K'); grid = (M tiles, tile_axis tiles)."""
-    fixed = _fixed_launch(a.dtype, blocks, config)
+    fixed = _fixed_launch(a.dtype, blocks)
     m = a.size(0)
     if m == 0:
         return out
@@ -215,22 +218,22 @@ def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks, conf
     return out
 
 
-def int6_linear_forward(x2d, packed, scales, in_features, out=None, blocks=None, config=None):
+def int6_linear_forward(x2d, packed, scales, in_features, out=None, blocks=None):
     """y (M, N) = x2d (M, K) @ dequant(packed, scales)^T, written into `out` when given; `blocks` (a
-    (BLOCK_M, BLOCK_N, BLOCK_K) tuple) or `config` (a triton.Config) force the tiles."""
+    (BLOCK_M, BLOCK_N, BLOCK_K) tuple or a triton.Config) forces the tiles."""
     n = packed.size(0)
     if out is None:
         out = torch.empty((x2d.size(0), n), device=x2d.device, dtype=x2d.dtype)
     return _launch(_int6_linear_forward_tuned, _int6_linear_forward_kernel,
-                   x2d, packed, scales, out, n, in_features, "N", blocks, config)
+                   x2d, packed, scales, out, n, in_features, "N", blocks)
 
 
-def int6_linear_backward(dy2d, packed, scales, in_features, out=None, blocks=None, config=None):
+def int6_linear_backward(dy2d, packed, scales, in_features, out=None, blocks=None):
     """dx (M, K) = dy2d (M, N) @ dequant(packed, scales), written into `out` when given (tiles as the forward)."""
     if out is None:
         out = torch.empty((dy2d.size(0), in_features), device=dy2d.device, dtype=dy2d.dtype)
     return _launch(_int6_linear_backward_tuned, _int6_linear_backward_kernel,
-                   dy2d, packed, scales, out, packed.size(0), in_features, "K", blocks, config)
+                   dy2d, packed, scales, out, packed.size(0), in_features, "K", blocks)
 
 
 # --------------------------------------------------------------------------------------------------

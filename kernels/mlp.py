@@ -140,9 +140,11 @@ def _input_precision(dtype: torch.dtype) -> str:
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
     """Launch kwargs of a launch that skips the autotuner, or None to autotune (bf16/fp16 on a GPU).
 
-    Explicit `blocks` (BLOCK_M, BLOCK_N, BLOCK_K) win (tests); the interpreter runs one fixed tile; fp32 on a GPU
-    runs FP32_CONFIG with its warps and stages.
+    Explicit `blocks` win (tests): a triton.Config (its warps and stages too) or a (BLOCK_M, BLOCK_N, BLOCK_K)
+    tuple; the interpreter runs one fixed tile; fp32 on a GPU runs FP32_CONFIG with its warps and stages.
     """
+    if isinstance(blocks, triton.Config):
+        return blocks.all_kwargs()
     if blocks is not None:
         return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
     if _INTERPRET:

@@ -7,6 +7,7 @@ torch.compile(fullgraph=True).
 import pytest
 import torch
 
+from kernels import cross_entropy as ce
 from kernels import reference
 from kernels.cross_entropy import softcap_ce_backward, softcap_ce_forward, softcap_cross_entropy
 
@@ -165,3 +166,64 @@ def test_large_shape_autotuned_gpu(device):
     ref = reference.softcap_cross_entropy(x, w, t, SOFTCAP)
     assert (nll - ref).abs().max().item() <= 5e-2
     assert torch.isfinite(xk.grad).all()
+
+
+def test_fp32_on_gpu_runs_the_pinned_config_and_bf16_autotunes(monkeypatch):
+    monkeypatch.setattr(ce, "_INTERPRET", False)  # the launch decision as on a GPU (nothing is launched)
+    assert ce._fixed_launch(torch.float32, None) == ce.FP32_CONFIG.all_kwargs()
+    assert ce._fixed_launch(torch.bfloat16, None) is None
+    assert ce._fixed_launch(torch.bfloat16, BLOCKS) == {"BLOCK_T": 64, "BLOCK_V": 64, "BLOCK_D": 64}
+
+
+def test_pinned_fp32_config_matches_eager(device):
+    """FP32_CONFIG (what fp32 runs on a GPU, with its warps and stages) through forward and backward."""
+    torch.set_float32_matmul_precision("highest")
+    x, w, t = _inputs(37, 130, 100, device, seed=13)
+    g = torch.rand(37, generator=torch.Generator().manual_seed(6)).to(device) + 0.5
+    nll, lse = softcap_ce_forward(x, w, t, SOFTCAP, blocks=ce.FP32_CONFIG)
+    dx, dw = softcap_ce_backward(x, w, t, lse, g, SOFTCAP, blocks=ce.FP32_CONFIG)
+    nll_ref, dx_ref, dw_ref = _eager(x, w, t, g)
+    torch.testing.assert_close(nll, nll_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dx, dx_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dw, dw_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_hands_the_kernel_the_autocast_dtype(monkeypatch):
+    """The final norm's fp32 output reaches the head; under autocast the op gets it (and the weight) in the autocast
+    dtype, as F.linear in the twin. Checked on the CPU with a stand-in op: no bf16 kernel runs in the interpreter."""
+    seen = []
+
+    def op(x, weight, targets, softcap):
+        seen.append((x.dtype, weight.dtype))
+        zeros = torch.zeros(targets.shape, dtype=torch.float32)
+        return zeros, zeros
+
+    monkeypatch.setattr(ce, "_softcap_ce_op", op)
+    x, w, t = _inputs(6, 96, 64, "cpu", seed=14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert softcap_cross_entropy(x, w, t, SOFTCAP).dtype == torch.float32
+    softcap_cross_entropy(x, w, t, SOFTCAP)
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+
+
+@pytest.mark.gpu
+def test_autocast_runs_the_head_in_bf16_gpu(device, monkeypatch):
+    """Under bf16 autocast: the kernel runs on bf16 tiles, the NLL stays fp32 and matches the autocast twin, and the
+    gradients come back in the inputs' fp32."""
+    seen = []
+    real_op = ce._softcap_ce_op
+
+    def spy(x, weight, targets, softcap):
+        seen.append(x.dtype)
+        return real_op(x, weight, targets, softcap)
+
+    monkeypatch.setattr(ce, "_softcap_ce_op", spy)
+    x, w, t = _inputs(512, 1024, 512, device, seed=15)
+    x, w = x.requires_grad_(), (w / 8).requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        nll = softcap_cross_entropy(x, w, t, SOFTCAP)
+        nll_twin = reference.softcap_cross_entropy(x, w, t, SOFTCAP)
+    assert seen == [torch.bfloat16] and nll.dtype == nll_twin.dtype == torch.float32
+    torch.testing.assert_close(nll, nll_twin, atol=5e-2, rtol=2e-2)
+    dx, dw = torch.autograd.grad(nll.sum(), (x, w))
+    assert dx.dtype == dw.dtype == torch.float32

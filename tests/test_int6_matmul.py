@@ -7,6 +7,7 @@ import pytest
 import torch
 import triton
 
+from kernels import int6_matmul as int6
 from kernels import reference
 from kernels.int6_matmul import _prune_by_m, int6_linear, int6_linear_backward, int6_linear_forward
 from quant.pack import pack_int6
@@ -160,3 +161,101 @@ def test_large_shape_autotuned_gpu(device):
     y = int6_linear(x, packed, scales, 512)
     ref = reference.int6_linear(x.float(), packed, scales, 512)
     assert (y.float() - ref).abs().max().item() <= 2e-2 * ref.abs().max().item()
+
+
+def _label(config):
+    return "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) + \
+        f"w{config.num_warps}s{config.num_stages}"
+
+
+def test_backward_configs_reduce_at_least_32_deep():
+    """The backward's reduction tile is BLOCK_N: 16 deep is the pattern of an upstream miscompile (triton #10645)."""
+    assert all(c.kwargs["BLOCK_N"] >= 32 for c in int6.BACKWARD_CONFIGS)
+
+
+@pytest.mark.parametrize("m", [1, 16, 64])
+@pytest.mark.parametrize("config", int6.BACKWARD_CONFIGS, ids=_label)
+def test_backward_dx_with_each_gpu_config_forced(config, m, device):
+    """Every backward GPU config, forced with its warps and stages, at small M: bf16 on a GPU, fp32 on the CPU."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    n, k = 70, 136  # neither a multiple of any tile
+    _, packed, scales = _int6_weight(n, k, device, seed=m + config.kwargs["BLOCK_K"])
+    dy = torch.randn(m, n, generator=torch.Generator().manual_seed(m)).to(device)
+
+    def eager_dx(d):
+        x = torch.zeros(m, k, device=device, dtype=d.dtype, requires_grad=True)
+        reference.int6_linear(x, packed, scales, k).backward(d)
+        return x.grad
+
+    out = torch.full((m, k), float("nan"), device=device, dtype=dtype)
+    int6_linear_backward(dy.to(dtype), packed, scales, k, out=out, blocks=config)
+    assert torch.isfinite(out).all()
+    _assert_close(out, eager_dx(dy), eager_dx(dy.to(dtype)), dtype)
+
+
+@pytest.mark.parametrize("config", int6.FORWARD_CONFIGS, ids=_label)
+def test_forward_with_each_gpu_config_forced(config, device):
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    m, n, k = 17, 70, 136
+    _, packed, scales = _int6_weight(n, k, device, seed=config.kwargs["BLOCK_N"])
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(3)).to(device)
+    out = torch.full((m, n), float("nan"), device=device, dtype=dtype)
+    int6_linear_forward(x.to(dtype), packed, scales, k, out=out, blocks=config)
+    assert torch.isfinite(out).all()
+    _assert_close(out, reference.int6_linear(x, packed, scales, k),
+                  reference.int6_linear(x.to(dtype), packed, scales, k), dtype)
+
+
+def test_fp32_on_gpu_runs_the_pinned_config_and_bf16_autotunes(monkeypatch):
+    monkeypatch.setattr(int6, "_INTERPRET", False)  # the launch decision as on a GPU (nothing is launched)
+    assert int6._fixed_launch(torch.float32, None) == int6.FP32_CONFIG.all_kwargs()
+    assert int6._fixed_launch(torch.bfloat16, None) is None
+    assert int6._fixed_launch(torch.bfloat16, (16, 32, 64)) == {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}
+
+
+def test_pinned_fp32_config_matches_eager(device):
+    """FP32_CONFIG (what fp32 runs on a GPU) forward and dx, in fp32 and exact dots."""
+    torch.set_float32_matmul_precision("highest")
+    m, n, k = 37, 70, 136
+    _, packed, scales = _int6_weight(n, k, device, seed=9)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(4)).to(device)
+    dy = torch.randn(m, n, generator=torch.Generator().manual_seed(5)).to(device)
+    y = int6_linear_forward(x, packed, scales, k, blocks=int6.FP32_CONFIG)
+    torch.testing.assert_close(y, reference.int6_linear(x, packed, scales, k), atol=1e-4, rtol=1e-4)
+    xr = x.clone().requires_grad_()
+    reference.int6_linear(xr, packed, scales, k).backward(dy)
+    dx = int6_linear_backward(dy, packed, scales, k, blocks=int6.FP32_CONFIG)
+    torch.testing.assert_close(dx, xr.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_autocast_hands_the_kernel_the_autocast_dtype(monkeypatch):
+    """Under autocast the op gets x in the autocast dtype (F.linear's behaviour in the twin); checked on the CPU
+    with a stand-in op, so no bf16 kernel runs in the interpreter."""
+    seen = []
+
+    def op(x, packed, scales, in_features):
+        seen.append(x.dtype)
+        return x.new_zeros((*x.shape[:-1], packed.size(0)))
+
+    monkeypatch.setattr(int6, "_int6_linear_op", op)
+    _, packed, scales = _int6_weight(32, 64, "cpu", seed=10)
+    x = torch.randn(3, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert int6_linear(x, packed, scales, 64).dtype == torch.bfloat16
+    int6_linear(x, packed, scales, 64)
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.gpu
+def test_autocast_output_dtype_and_values_gpu(device):
+    """Under bf16 autocast an fp32 activation (a frozen block's q/k/v input) gives a bf16 output, as F.linear does,
+    and dx comes back in fp32."""
+    _, packed, scales = _int6_weight(256, 512, device, seed=11)
+    x = torch.randn(4, 64, 512, device=device, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = int6_linear(x, packed, scales, 512)
+        y_twin = reference.int6_linear(x, packed, scales, 512)
+    assert y.dtype == y_twin.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_twin.float(), atol=3e-2, rtol=2e-2)
+    (dx,) = torch.autograd.grad(y.float().sum(), x)
+    assert dx.dtype == torch.float32

@@ -4,6 +4,7 @@ import torch
 
 from kernels import mlp
 from kernels import reference
+from kernels.autocast import autocast_dtype
 
 BF16_SKIP = "bf16 is not emulated by the Triton interpreter"
 
@@ -195,3 +196,53 @@ def test_autocast_casts_like_f_linear(device):
     for name, g, g_twin in zip(("x", "w_up", "w_down", "alpha", "beta"), grads, grads_twin):
         assert g.dtype == g_twin.dtype == torch.float32, name
         _assert_close_scaled(g, g_twin, 3e-2, name)
+
+
+def _label(config):
+    return "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) + \
+        f"w{config.num_warps}s{config.num_stages}"
+
+
+def test_backward_configs_share_the_fixed_row_tile():
+    """The backward sizes its partial-sum buffer from _BACKWARD_BLOCK_M before the autotuner picks a config."""
+    assert {c.kwargs["BLOCK_M"] for c in mlp.BACKWARD_CONFIGS} == {mlp._BACKWARD_BLOCK_M}
+
+
+def test_fp32_on_gpu_runs_the_pinned_config_and_bf16_autotunes(monkeypatch):
+    monkeypatch.setattr(mlp, "_INTERPRET", False)  # the launch decision as on a GPU (nothing is launched)
+    assert mlp._fixed_launch(torch.float32, None) == mlp.FP32_CONFIG.all_kwargs()
+    assert mlp._fixed_launch(torch.bfloat16, None) is None
+    assert mlp._fixed_launch(torch.bfloat16, (32, 64, 32)) == {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}
+
+
+@pytest.mark.parametrize("config", [*mlp.FORWARD_CONFIGS, *mlp.BACKWARD_CONFIGS, mlp.FP32_CONFIG], ids=_label)
+def test_each_gpu_config_forced_matches_the_twin(config, device):
+    """Both epilogues with every GPU config, forced with its warps and stages: bf16 on a GPU (fp32 for FP32_CONFIG,
+    exact dots), fp32 on the CPU."""
+    dtype = torch.bfloat16 if device == "cuda" and config is not mlp.FP32_CONFIG else torch.float32
+    torch.set_float32_matmul_precision("highest")
+    m, d, h = 130, 96, 200  # no multiple of any tile
+    x = torch.randn(m, d, generator=torch.Generator().manual_seed(9)).to(device)
+    d_out = torch.randn(m, d, generator=torch.Generator().manual_seed(10)).to(device)
+    w_up, w_down, alpha, beta = (p.detach() for p in _params(d, h, d, device, seed=11))
+    u, act = mlp._relu2_up(x.to(dtype), w_up.to(dtype), alpha.to(dtype), beta.to(dtype), blocks=config)
+    d_u, _, part_alpha, part_beta = mlp._relu2_down_grad(d_out.to(dtype), w_down.to(dtype), u, alpha.to(dtype),
+                                                         beta.to(dtype), blocks=config)
+    u_ref = x @ w_up.t()
+    d_act = d_out @ w_down
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(u.float(), u_ref, **tol)
+    torch.testing.assert_close(act.float(), torch.relu(u.float()).square() * alpha + beta, **tol)
+    torch.testing.assert_close(d_u.float(), d_act * alpha * 2 * torch.relu(u.float()), **tol)
+    torch.testing.assert_close(part_beta.sum(0), d_act.sum(0), **tol)
+    assert part_alpha.shape == (-(-m // config.kwargs["BLOCK_M"]), h)
+
+
+def test_autocast_dtype_decision_on_cpu():
+    """kernels.autocast: what every matmul op casts x to (the MLP, the head and the int6 matmul)."""
+    x = torch.randn(3, 4)
+    assert autocast_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype(x) == torch.bfloat16
+        assert autocast_dtype(x.double()) == torch.float64  # autocast leaves fp64 alone
+        assert autocast_dtype(torch.zeros(2, dtype=torch.int64)) == torch.int64

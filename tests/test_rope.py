@@ -114,3 +114,26 @@ def test_rope_compiles_fullgraph_forward_and_backward(device):
     got = _grads(compiled(x, gain), (x, gain), grad)
     want = _grads(qk(ref, x, gain), (x, gain), grad)
     _assert_close(got, want, torch.float32)
+
+
+@pytest.mark.gpu
+def test_offsets_past_2_31_elements_gpu(device):
+    """B * T * H * D above 2^31 (a 4M-token batch of 8 heads): int32 offsets would wrap and write rows near the
+    start; the last tokens must match the twin run on just those tokens (forward and backward)."""
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs ~20 GiB of GPU memory")
+    H, D, rope_dims, tail = 8, 64, 16, 64
+    T = 2**31 // (H * D) + tail  # the last `tail` tokens lie entirely past element 2^31
+    x = torch.randn(1, T, H, D, device=device, dtype=torch.bfloat16)
+    gain = torch.linspace(0.5, 1.5, H, device=device, dtype=torch.bfloat16)
+    cos, sin = (t.to(torch.bfloat16) for t in rope_tables(T, rope_dims, 22081.8, device=device))
+    out = tri.rope_forward(x, cos, sin, rope_dims, gain)
+    want = ref.qk_norm_rope(x[:, -tail:].float(), cos[-tail:].float(), sin[-tail:].float(), rope_dims, gain.float())
+    torch.testing.assert_close(out[:, -tail:].float(), want, atol=3e-2, rtol=2e-2)
+    del out
+    grad = torch.randn_like(x)
+    dx, _ = tri.qk_norm_rope_backward(grad, x, cos, sin, rope_dims, gain)
+    xt = x[:, -tail:].float().requires_grad_()
+    ref.qk_norm_rope(xt, cos[-tail:].float(), sin[-tail:].float(), rope_dims, gain.float()).backward(
+        grad[:, -tail:].float())
+    torch.testing.assert_close(dx[:, -tail:].float(), xt.grad, atol=5e-2, rtol=5e-2)

@@ -20,7 +20,7 @@ def cases(s):
     out = []
     for dt, dtype in DTYPES.items():
         x, packed, scales = mock(dtype), mock(torch.uint8), mock(DTYPES["fp32"])
-        fixed = int6._fixed_launch(dtype, None, None)
+        fixed = int6._fixed_launch(dtype, None)
         precisions = fp32_dot_precisions(int6._dot_precision) if dt == "fp32" else [int6._dot_precision(dtype)]
         for m in (s.small_m, s.tokens) if fixed is None else (s.tokens,):
             for precision in precisions:
