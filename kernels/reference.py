@@ -103,3 +103,33 @@ def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
     q = unpack_int6(packed, in_features)
     w = q.to(torch.float32) * scales.to(torch.float32)[:, None]
     return F.linear(x, w.to(x.dtype))
+
+
+def residual_norm(x: torch.Tensor, scale: float = 1.0, *, branch: torch.Tensor | None = None,
+                  branch_scale: torch.Tensor | None = None, skip: torch.Tensor | None = None,
+                  skip_gate: torch.Tensor | None = None, skip_weight: torch.Tensor | None = None,
+                  x0: torch.Tensor | None = None, mix: torch.Tensor | None = None, keep_residual: bool = False,
+                  eps: float | None = None):
+    """The residual-stream glue of a block, ending in its RMSNorm: (h, n), or (r, h, n) with `keep_residual`.
+
+      r = x + branch_scale * branch                        (a sublayer's pending residual update; optional)
+      h = g * r + (1 - g) * skip_weight * skip, g = sigmoid(skip_gate)   (U-Net skip gate; optional;
+                                                            skip=None reads r itself as the skip)
+      h = mix[0] * h + mix[1] * x0                         (residual mix with the embedding x0; optional)
+      n = rms_norm(h) * scale, in the autocast dtype under autocast (the dtype the next matmul reads)
+
+    x, skip, x0: (..., D) in the residual stream's dtype; branch: (..., D) in any float dtype; branch_scale,
+    skip_gate, skip_weight: (D,); mix: (2, D). r and h are in x's dtype.
+    """
+    r = x if branch is None else x + branch_scale.to(x.dtype) * branch
+    h = r
+    if skip_gate is not None:
+        gate = torch.sigmoid(skip_gate).to(x.dtype)
+        h = gate * h + (1 - gate) * (skip_weight.to(x.dtype) * (r if skip is None else skip))
+    if mix is not None:
+        m = mix.to(x.dtype)
+        h = m[0] * h + m[1] * x0
+    n = rms_norm(h, scale, eps)
+    if torch.is_autocast_enabled(x.device.type):
+        n = n.to(torch.get_autocast_dtype(x.device.type))
+    return (r, h, n) if keep_residual else (h, n)

@@ -8,6 +8,9 @@ from __future__ import annotations
 # --- rmsnorm family (kernels/rmsnorm.py) ---
 from kernels.rmsnorm import rms_norm  # noqa: F401
 
+# --- residual-norm family (kernels/residual_norm.py) ---
+from kernels.residual_norm import residual_norm  # noqa: F401
+
 # --- attention family (kernels/attention.py) ---
 from kernels.attention import attention, qk_norm_rope, exclusive_projection, rotate_half_split  # noqa: F401
 

@@ -1,6 +1,9 @@
 """One transformer block of the seed (seed-spec §3.4-3.6): residual mix with x0, attention, ReLU² MLP.
 
-All arithmetic beyond residual mixing goes through the kernel namespace `ops` (kernels.ops.get_ops).
+All arithmetic goes through the kernel namespace `ops` (kernels.ops.get_ops). The residual glue rides on the
+norms: `ops.residual_norm` adds a pending sublayer update, the U-Net skip gate and the residual mix, then norms
+(one pass over the rows with the Triton kernel, one Inductor fusion under torch.compile). So a block returns its
+MLP update *pending*, (mlp_out, mlp_scale), and the next block's first norm (or the final norm) adds it.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ class Attention(nn.Module):
     """q/k/v projections (+ value embedding on v), QK norm + partial RoPE, q gain, causal GQA, optional XSA."""
 
     def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, rope_dims: int, qk_gain_init: float,
-                 xsa: bool, backend: str):
+                 xsa: bool, backend):
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = model_dim // num_heads
@@ -46,7 +49,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """down( relu(up(x))^2 * alpha + beta ), down zero-initialized."""
 
-    def __init__(self, model_dim: int, hidden: int, backend: str):
+    def __init__(self, model_dim: int, hidden: int, backend):
         super().__init__()
         self.up = Linear(model_dim, hidden, backend)
         self.down = Linear(hidden, model_dim, backend, zero_init=True)
@@ -63,8 +66,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """x -> h = mix0 * x + mix1 * x0; h += attn_scale * attn(norm(h)); h += mlp_scale * mlp(norm(h))."""
+
     def __init__(self, layer: int, model_dim: int, num_heads: int, num_kv_heads: int, mlp_hidden: int,
-                 rope_dims: int, qk_gain_init: float, xsa: bool, ln_scale: bool, backend: str):
+                 rope_dims: int, qk_gain_init: float, xsa: bool, ln_scale: bool, backend):
         super().__init__()
         self.norm_scale = (layer + 1) ** -0.5 if ln_scale else 1.0
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(model_dim), torch.zeros(model_dim)]))
@@ -75,9 +80,21 @@ class Block(nn.Module):
         self.ops = get_ops(backend)
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                ve: torch.Tensor | None = None) -> torch.Tensor:
-        mix = self.resid_mix.to(x.dtype)
-        h = mix[0] * x + mix[1] * x0
-        h = h + self.attn_scale.to(h.dtype) * self.attn(self.ops.rms_norm(h, self.norm_scale), cos, sin, ve)
-        h = h + self.mlp_scale.to(h.dtype) * self.mlp(self.ops.rms_norm(h, self.norm_scale))
-        return h
+                ve: torch.Tensor | None = None, pending: tuple | None = None, skip: tuple | None = None,
+                keep_input: bool = False):
+        """Run the block on the stream x + scale * branch, `pending` = (branch, scale) (None: x itself).
+
+        skip = (gate_logits, weight, source) first gates in a U-Net skip, g * input + (1 - g) * weight * source
+        (source None: the block's own input). Returns (input, h, update): the block's input materialized when
+        `keep_input` (an encoder output a decoder reads later; else None), the stream after attention, and
+        the MLP update (mlp_out, mlp_scale) left pending: the block's output is h + mlp_scale * mlp_out.
+        """
+        branch, branch_scale = pending if pending is not None else (None, None)
+        gate, weight, source = skip if skip is not None else (None, None, None)
+        out = self.ops.residual_norm(x, self.norm_scale, branch=branch, branch_scale=branch_scale, skip=source,
+                                     skip_gate=gate, skip_weight=weight, x0=x0, mix=self.resid_mix,
+                                     keep_residual=keep_input)
+        kept, (h, n) = (out[0], out[1:]) if keep_input else (None, out)
+        h, n = self.ops.residual_norm(h, self.norm_scale, branch=self.attn(n, cos, sin, ve),
+                                      branch_scale=self.attn_scale)
+        return kept, h, (self.mlp(n), self.mlp_scale)

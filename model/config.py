@@ -34,7 +34,8 @@ class ModelConfig:
     ve_emb_init_std: float = 0.01
     bigram_scale_init: float = 0.05
     ve_scale_init: float = 0.1
-    backend: str = "eager"           # kernels.ops backend: "eager" or "triton"
+    backend: str = "eager"           # kernels.ops whole-model policy: "eager" or "triton"
+    kernels: str = ""                # per-family overrides on top of it, e.g. "rms_norm=inductor" (kernels.ops)
 
     def __post_init__(self):
         self.ve_layers = tuple(int(i) for i in self.ve_layers)
@@ -56,8 +57,18 @@ class ModelConfig:
             problems.append("bigram_buckets must be at least 2 (the last bucket is reserved for position 0)")
         if self.num_layers < 2:
             problems.append("num_layers must be at least 2 (encoder and decoder halves)")
+        try:  # the kernel policy: a known backend and well-formed overrides, stored in canonical order
+            self.kernels = self.kernel_policy.overrides_from(self.backend)
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def kernel_policy(self):
+        """The kernels.ops.KernelPolicy of this model: `backend` for every op family, `kernels` overriding some."""
+        from kernels.ops import KernelPolicy
+        return KernelPolicy.resolve(self.backend, self.kernels)
 
     @property
     def head_dim(self) -> int:

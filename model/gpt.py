@@ -1,8 +1,9 @@
 """The seed GPT (PR #598 "11L GEPA", seed-spec §3): embedding front-end, gated U-Net of blocks, tied softcap head.
 
 forward(x, y) -> mean NLL (fp32); per_token_nll(x, y) -> (B, T) fp32 NLL; nll_at(x, positions, targets) -> the
-NLL at chosen positions only (sliding-window scoring). The kernel backend is one switch
-(`set_backend`); late QAT is one explicit flag (`set_late_qat`), a plain attribute on every Linear (`qat_linears`).
+NLL at chosen positions only (sliding-window scoring). The kernel policy is one switch (`set_kernels`: a
+kernels.ops.KernelPolicy per op family; `set_backend` for a whole-model one); late QAT is one explicit flag
+(`set_late_qat`), a plain attribute on every Linear (`qat_linears`).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from model.rotary import Rotary
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg = dataclasses.replace(cfg)  # own copy: set_backend edits it
-        d, backend = cfg.model_dim, cfg.backend
+        self.cfg = cfg = dataclasses.replace(cfg)  # own copy: set_backend / set_kernels edit it
+        d, backend = cfg.model_dim, cfg.kernel_policy
         self.ops = get_ops(backend)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, d, cfg.bigram_scale_init, backend)
@@ -65,12 +66,18 @@ class GPT(nn.Module):
 
     # ---- switches ---------------------------------------------------------------------------------
     def set_backend(self, name: str) -> None:
-        """Route every op of the model through kernels.ops.get_ops(name) from now on."""
-        ops = get_ops(name)
+        """Route every op of the model through kernels.ops.get_ops(name) ("eager" or "triton") from now on."""
+        self.set_kernels(name)
+
+    def set_kernels(self, backend: str, kernels: str = "") -> None:
+        """Route each op family as the policy `backend` + overrides `kernels` says (kernels.ops.KernelPolicy),
+        e.g. set_kernels("triton", "rms_norm=inductor,residual_norm=inductor"); the config records it."""
+        cfg = dataclasses.replace(self.cfg, backend=backend, kernels=kernels)  # validates
+        ops = get_ops(cfg.kernel_policy)
         for module in self.modules():
             if hasattr(module, "ops"):
                 module.ops = ops
-        self.cfg.backend = name
+        self.cfg = cfg
 
     def block_linears(self) -> list[tuple[str, Linear]]:
         """(name, module) of the block matrices: the int6 / Muon set."""
@@ -98,7 +105,7 @@ class GPT(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------
     def final_hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """The normed (B, T, d) hidden states the tied head reads."""
+        """The normed (B, T, d) hidden states the tied head reads (in the autocast dtype under autocast)."""
         if ids.dim() != 2:
             raise ValueError(f"GPT expects token ids of shape (batch, seq), got {tuple(ids.shape)}")
         cos, sin = self.rotary(ids.size(1))
@@ -106,21 +113,23 @@ class GPT(nn.Module):
         x = self.smear(self.ops.rms_norm(x))
         x0 = x
         ve_shared = self.value_embed(ids) if self.ve_slot else None
-        skips = []
-        num_enc = self.cfg.num_encoder_layers
+        # U-Net: encoder block k's output feeds decoder j = num_enc - 1 - k through a gated skip. Block outputs
+        # stay pending (h + mlp_scale * mlp_out, added inside the next norm), so an encoder output is materialized
+        # by the next block (keep_input); the last one is the first decoder's own input (skip source None).
+        num_enc, pending, skips = self.cfg.num_encoder_layers, None, []
         for i, block in enumerate(self.blocks):
-            if i >= num_enc:
-                j = i - num_enc
-                if j < self.cfg.num_skips:
-                    gate = torch.sigmoid(self.skip_gates[j]).to(x.dtype)
-                    x = gate * x + (1 - gate) * (self.skip_weights[j].to(x.dtype) * skips.pop())
+            j = i - num_enc
+            skip = None
+            if 0 <= j < self.cfg.num_skips:
+                skip = (self.skip_gates[j], self.skip_weights[j], skips.pop() if j > 0 else None)
             ve = None
             if i in self.ve_slot:
                 ve = ve_shared * self.value_embed.layer_scales[self.ve_slot[i]].to(ve_shared.dtype)
-            x = block(x, x0, cos, sin, ve)
-            if i < num_enc:
-                skips.append(x)
-        return self.ops.rms_norm(x)
+            kept, x, pending = block(x, x0, cos, sin, ve, pending=pending, skip=skip, keep_input=0 < i < num_enc)
+            if kept is not None:
+                skips.append(kept)
+        _, normed = self.ops.residual_norm(x, branch=pending[0], branch_scale=pending[1])
+        return normed
 
     def per_token_nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(B, T) fp32 NLL of targets y given inputs x."""

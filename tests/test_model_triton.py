@@ -34,8 +34,8 @@ NUM_LAYERS, SEQ_LEN, BATCH = 2, 64, 2
 CONFIG = dict(num_layers=NUM_LAYERS, seq_len=SEQ_LEN, xsa_last_n=1, ve_layers=(0, 1))
 PERTURB_STD = 0.05
 # the eager twins the Triton model must never call (all of kernels.reference's op functions)
-EAGER_TWINS = ("rms_norm", "rotate_half_split", "qk_norm_rope", "attention", "exclusive_projection", "linear",
-               "relu2_mlp", "softcap_cross_entropy", "int6_linear")
+EAGER_TWINS = ("rms_norm", "residual_norm", "rotate_half_split", "qk_norm_rope", "attention", "exclusive_projection",
+               "linear", "relu2_mlp", "softcap_cross_entropy", "int6_linear")
 # aten ops that would mean some op family still runs eagerly in the Triton model
 EAGER_ATEN_MARKERS = ("scaled_dot_product", "softmax", "nll_loss", "cross_entropy", "relu", "tanh", "rms_norm",
                       "rsqrt", "vector_norm")
@@ -135,7 +135,8 @@ def test_one_switch_runs_every_op_family_on_triton(triton_run):
     ops, cfg = triton_run["ops"], triton_run["model"].cfg
     L = cfg.num_layers
     expected = {  # forward calls per family; each has exactly as many backward calls
-        "triton_golf.rms_norm": 2 * L + 2,             # embedding norm, two per block, final norm
+        "triton_golf.rms_norm": 1,                     # embedding norm
+        "triton_golf.residual_norm": 2 * L + 1,        # two per block (with the residual glue), final norm
         "triton_golf.qk_norm_rope": 2 * L,             # q and k of every block
         "triton_golf.causal_gqa_attention": L,
         "triton_golf.exclusive_projection": 0,         # XSA runs fused in the attention op of the last layers
@@ -260,7 +261,7 @@ def test_compiled_triton_model_matches_eager(triton_run, perturbed_state):
     loss, grads = loss_and_grads(compiled, x, y)
     families = {op.removeprefix("triton_golf.").removesuffix(".default") for op in graph_ops
                 if op.startswith("triton_golf.")}
-    assert families == {"rms_norm", "qk_norm_rope", "causal_gqa_attention", "relu2_mlp",
+    assert families == {"rms_norm", "residual_norm", "qk_norm_rope", "causal_gqa_attention", "relu2_mlp",
                         "softcap_cross_entropy"}, graph_ops
     eager_loss, eager_grads = loss_and_grads(build_model(perturbed_state, "eager"), x, y)
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5 * TOL, atol=1e-6 * TOL)
