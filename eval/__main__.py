@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear LR warmup over this fraction of chunks")
     p.add_argument("--ttt-batch-seqs", type=positive_int, default=32, help="sequences per TTT micro-batch")
     p.add_argument("--ttt-qat", action="store_true", help="fake int6 STE quantization in TTT training forwards")
+    p.add_argument("--ttt-detach-frozen", action="store_true",
+                   help="run the frozen blocks under no_grad in TTT training (cheaper; the embeddings then get no "
+                        "gradient through them: not PR 598's recipe)")
     p.add_argument("--ttt-budget-s", type=positive_float,
                    help="run the most TTT epochs whose projected total time (from the start) fits this many seconds")
     p.add_argument("--ttt-max-epochs", type=positive_int, default=50,
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.ttt:
         config = TTTConfig(chunk_tokens=args.ttt_chunk, epochs=args.ttt_epochs, lr=args.ttt_lr,
                            momentum=args.ttt_momentum, freeze_blocks=args.ttt_freeze, grad_clip=args.ttt_clip,
-                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat)
+                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat,
+                           detach_frozen=args.ttt_detach_frozen)
     plan = make_plan(cfg, len(val_tokens) - 1, window=window, stride=args.stride, batch=args.batch,
                      seed_quirk=args.seed_quirk, world=world, sliding=not (args.ttt and args.skip_baseline), ttt=config)
     for line in plan.describe():

@@ -168,14 +168,26 @@ def make_plan(cfg, num_targets: int, *, window: int, stride: int, batch: int, se
 
 def plan_ttt(cfg, num_targets: int, window: int, ttt, world: int) -> TTTPlan:
     """Chunks, SGD steps and trained tokens of score-first TTT (the last chunk is scored, never trained)."""
-    from bench.flops import train_flops_per_token
-
     chunks = num_chunks(num_targets, ttt.chunk_tokens)
     train_chunks = chunks - 1
     seqs = ttt.chunk_tokens // window
     return TTTPlan(chunks=chunks, train_chunks=train_chunks, seqs_per_chunk=seqs, seqs_per_rank=seqs // world,
                    epochs=ttt.epochs, tokens_per_epoch=train_chunks * ttt.chunk_tokens,
-                   flops_per_trained_token=train_flops_per_token(cfg, window, frozen_layers=ttt.freeze_blocks))
+                   flops_per_trained_token=min_train_flops_per_token(cfg, window, ttt.freeze_blocks,
+                                                                     getattr(ttt, "detach_frozen", False)))
+
+
+def min_train_flops_per_token(cfg, window: int, freeze_blocks: int, detach_frozen: bool = False) -> float:
+    """FLOPs per trained token of TTT: bench.flops' training count with the frozen blocks' weight gradients left
+    out (their backward still passes the gradient on to the embeddings); with `detach_frozen` their backward is
+    skipped too, so each costs only its forward (2 FLOPs per weight, one attention forward)."""
+    from bench import flops
+
+    total = flops.train_flops_per_token(cfg, window, frozen_layers=freeze_blocks)
+    if detach_frozen:
+        per_layer_attention = flops.attention_forward_flops_per_token(cfg, window) / cfg.num_layers
+        total -= freeze_blocks * (2 * flops.layer_matmul_params(cfg) + 2 * per_layer_attention)
+    return total
 
 
 def min_score_flops_per_target(cfg, window: int, stride: int) -> float:

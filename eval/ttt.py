@@ -17,7 +17,8 @@ Without waste: scoring reads the head only at the scored positions (eval.scoring
 one flat gradient buffer with fused SGD (eval.ttt_step); the loop reads one value back to the host per chunk
 (the chunk's score totals) and times its phases with CUDA events read after that sync (eval.phase_clock);
 forwards are torch.compile'd by default on CUDA. The frozen blocks still pass gradients back (dgrad, no weight
-gradient): the embeddings before them train, and 598's TTT trained them through those blocks.
+gradient): the embeddings before them train, and 598's TTT trained them through those blocks
+(`detach_frozen=True` runs them under no_grad instead: cheaper, but another recipe; eval.frozen_prefix).
 `TTTConfig(flat_step=False)` with `all_positions=True` is the earlier, slower path, kept as the reference.
 
 Time: `fit_epochs_to_budget` (eval.budget) times a score batch and an SGD step on random tokens, then picks the
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from eval.distributed import rank_and_world
+from eval.frozen_prefix import detach_frozen_blocks
 from eval.legality import LegalityGuard
 from eval.phase_clock import PhaseClock
 from eval.scoring import (_prepare, _progress_bar, autocast_for, compile_default, compiled_nll, model_device,
@@ -49,7 +51,8 @@ from eval.windows import chunk_target_range, chunk_window_bounds, contiguous_sha
 @dataclass(frozen=True)
 class TTTConfig:
     """Score-first TTT settings; defaults are PR 598's (spec §6.3). `flat_step=False`: the tensor-by-tensor
-    optimizer step (the reference path, eval.ttt_step)."""
+    optimizer step (the reference path, eval.ttt_step). `detach_frozen`: the frozen blocks under no_grad
+    (eval.frozen_prefix; changes the gradients of the embeddings, so not 598's recipe)."""
     chunk_tokens: int = 32768
     epochs: int = 10
     lr: float = 0.002
@@ -60,6 +63,7 @@ class TTTConfig:
     batch_seqs: int = 32
     qat: bool = False
     flat_step: bool = True
+    detach_frozen: bool = False
 
 
 class ScoreFirstTTT:
@@ -107,6 +111,7 @@ class ScoreFirstTTT:
         self.step = FlatGradSGD(self.params, lr=config.lr, momentum=config.momentum, grad_clip=config.grad_clip,
                                 flat=config.flat_step)
         self.optimizer = self.step.optimizer
+        self._undo_detach = detach_frozen_blocks(model, config.freeze_blocks) if config.detach_frozen else None
         self.phases = PhaseClock(self.device, clock)
         self.trained_tokens = 0
         self.rates: dict | None = None  # seconds per score batch / SGD step, from measure_rates
@@ -234,6 +239,9 @@ class ScoreFirstTTT:
     def restore_requires_grad(self) -> None:
         """Give back the model as it came: requires_grad flags restored, no gradient tensors left on it."""
         self.step.release()
+        if self._undo_detach is not None:
+            self._undo_detach()
+            self._undo_detach = None
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._saved_requires_grad[name])
 

@@ -107,6 +107,9 @@ def test_flops_per_scored_target_and_trained_token_are_within_10_percent_of_the_
     assert every["causal"] - scored["causal"] == pytest.approx((2048 - 64) * head / 64, rel=1e-9)
     trained = train_flops_per_token("seed", freeze_blocks=2)
     assert trained["causal"] == pytest.approx(trained["minimum"], rel=0.10)
+    detached = train_flops_per_token("seed", freeze_blocks=2, detach_frozen=True)  # opt-in: no backward through them
+    assert detached["causal"] == pytest.approx(detached["minimum"], rel=0.10)
+    assert detached["minimum"] < trained["minimum"] and detached["causal"] < trained["causal"]
 
 
 def test_flat_optimizer_step_launches_fewer_kernel_ops():

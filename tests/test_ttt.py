@@ -224,3 +224,39 @@ def test_budget_probe_learns_nothing_from_validation_tokens():
     assert ttt.guard.scored_through == 0 and ttt.config.epochs == 2
     with pytest.raises(LegalityError):
         ttt.train_chunk(0)
+
+
+def test_detach_frozen_saves_nothing_in_the_frozen_blocks_and_is_opt_in():
+    """TTTConfig(detach_frozen=True): the frozen block saves no activations for backward and the embeddings
+    lose the gradient that reaches them through it (a different recipe, so never the default)."""
+    import dataclasses
+    tokens, nbytes = learnable_stream(1 + 4 * 128, seed=2)
+    saved, embeddings = {}, {}
+    for detach in (False, True):
+        model = tiny_model(seed=1)
+        ttt = ScoreFirstTTT(model, tokens, target_bytes=nbytes, stride=16, batch=8,
+                            config=dataclasses.replace(CONFIG, detach_frozen=detach))
+        inside, count = [], {"n": 0}
+        model.blocks[0].register_forward_pre_hook(lambda *a: inside.append(1))
+        model.blocks[0].register_forward_hook(lambda *a: inside.clear())
+
+        def pack(t):
+            count["n"] += bool(inside)
+            return t
+        model.train()
+        x, y = ttt._rank_sequences(ttt.tokens[:128], ttt.tokens[1:129])
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x, y)
+        saved[detach] = count["n"]
+        ttt.score_chunk(0)
+        ttt.train_chunk(0)
+        ttt.restore_requires_grad()
+        assert "forward" not in vars(model.blocks[0])  # the class forward is back
+        embeddings[detach] = model.tok_emb.weight.detach().clone()
+    assert saved[False] > 0 and saved[True] == 0
+    assert not torch.equal(embeddings[False], embeddings[True])  # another recipe: other embeddings
+    assert TTTConfig().detach_frozen is False
+    post = ttt_evaluate(tiny_model(seed=1), tokens, target_bytes=nbytes, stride=16, batch=8,
+                        config=dataclasses.replace(CONFIG, detach_frozen=True))
+    pre = evaluate(tiny_model(seed=1), tokens, target_bytes=nbytes, stride=16, batch=8)
+    assert post["val_bpb"] < pre["val_bpb"] - 0.01
