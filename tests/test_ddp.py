@@ -18,14 +18,14 @@ def metrics(out):
     return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows if "train_loss" in r]
 
 
-def torchrun_train(out, nproc: int, grad_accum: int, corpus) -> dict:
+def torchrun_train(out, nproc: int, grad_accum: int, corpus, extra: tuple = ()) -> dict:
     """`torchrun --nproc_per_node=nproc -m train` on the CPU (gloo), CUDA hidden: on a one-GPU machine rank 1
     would otherwise ask for a second GPU, and CPU ranks must be compared with a CPU run."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "train",
            "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--grad-accum", str(grad_accum),
            "--cpu-threads", "1", "--no-progress"]
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]
-    cmd += [f"--model={k}={v}" for k, v in SMALL_MODEL.items()]
+    cmd += [f"--model={k}={v}" for k, v in SMALL_MODEL.items()] + list(extra)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

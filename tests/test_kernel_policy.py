@@ -156,3 +156,19 @@ def test_default_compiled_policy_is_one_graph():
     for name, g in eager_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4 * tol, atol=1e-5 * tol * g.abs().max().item(),
                                    msg=lambda m: f"{name}: {m}")
+
+
+def test_train_cli_resolves_compile_and_policy():
+    """--compile defaults to CUDA's presence; --kernels goes on top of --backend or of the device's default."""
+    from train.__main__ import build_parser, configs_from_args
+    from train.cli_errors import CLIError
+
+    parse = build_parser().parse_args
+    tcfg, mcfg = configs_from_args(parse(["--preset", "tiny", "--kernels", "attention=inductor"]))
+    assert tcfg.compile is torch.cuda.is_available()
+    assert (mcfg.backend, mcfg.kernels) == policy_from_flags(None, "attention=inductor", DEVICE, tcfg.compile)
+    tcfg, mcfg = configs_from_args(parse(["--preset", "tiny", "--no-compile", "--backend", "triton",
+                                          "--kernels", "cross_entropy=eager"]))
+    assert not tcfg.compile and (mcfg.backend, mcfg.kernels) == ("triton", "cross_entropy=eager")
+    with pytest.raises(CLIError, match="unknown op family 'norm'"):
+        configs_from_args(parse(["--preset", "tiny", "--kernels", "norm=inductor"]))

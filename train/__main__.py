@@ -71,8 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from this training checkpoint")
     p.add_argument("--stop-at-step", type=positive_int,
                    help="end the run after this step with a checkpoint (no final model)")
-    p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: eager)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU runs)")
+    p.add_argument("--backend", choices=("eager", "triton"),
+                   help="whole-model kernel policy (default: on CUDA the Triton kernels, with the norms and residual "
+                        "glue left to Inductor under compile; on the CPU eager; see kernels.ops)")
+    p.add_argument("--kernels", metavar="FAMILY=CHOICE,...",
+                   help="per op family overrides (triton|eager|inductor) on top of the policy, e.g. "
+                        "attention=triton,rms_norm=inductor; families: attention, mlp, rms_norm, residual_norm, "
+                        "qk_norm_rope, cross_entropy, int6")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model, fullgraph, static shapes (default: on CUDA only)")
+    p.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager"),
+                   help="torch.compile backend (aot_eager: traces without generating code, for CPU checks)")
     p.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig field, e.g. --model num_layers=6 (repeatable)")
     p.add_argument("--no-progress", action="store_true",
@@ -89,8 +98,7 @@ def configs_from_args(args):
     from train.config import get_train_config
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    if args.compile:
-        overrides["compile"] = True
+    overrides["compile"] = compile_default(args)
     tcfg = get_train_config(args.preset, **overrides)
     model_overrides = {}
     for item in args.model:
@@ -98,8 +106,10 @@ def configs_from_args(args):
             raise CLIError(f"--model expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         model_overrides[key] = parse_value(value)
-    if args.backend:
-        model_overrides["backend"] = args.backend
+    # the kernel policy: --backend / --kernels on top of --model backend=/kernels= if given, else the default
+    base = (model_overrides.pop("backend", "eager"), model_overrides.pop("kernels", "")) \
+        if {"backend", "kernels"} & model_overrides.keys() else None
+    model_overrides["backend"], model_overrides["kernels"] = kernel_flags(args, tcfg.compile, base)
     try:
         mcfg = get_config(tcfg.model_preset, **model_overrides)
     except TypeError as e:  # a value of the wrong type, e.g. --model ve_layers=3
@@ -117,9 +127,31 @@ def configs_from_checkpoint(args, ckpt: dict):
     if changed:
         raise CLIError(f"--resume takes its configs from the checkpoint; drop {changed}")
     mcfg = ModelConfig.from_dict(ckpt["config"])
-    if args.backend:
-        mcfg = dataclasses.replace(mcfg, backend=args.backend)
-    return TrainConfig.from_dict(ckpt["train_config"]), mcfg
+    tcfg = TrainConfig.from_dict(ckpt["train_config"])
+    if args.compile is not None:  # neither changes the trained weights: a resumed run may switch them
+        tcfg = dataclasses.replace(tcfg, compile=args.compile)
+    if args.backend or args.kernels:
+        backend, kernels = kernel_flags(args, tcfg.compile, (mcfg.backend, mcfg.kernels))
+        mcfg = dataclasses.replace(mcfg, backend=backend, kernels=kernels)
+    return tcfg, mcfg
+
+
+def compile_default(args) -> bool:
+    """--compile / --no-compile as given, else on when CUDA is present."""
+    import torch
+    return torch.cuda.is_available() if args.compile is None else args.compile
+
+
+def kernel_flags(args, compiled: bool, base: tuple[str, str] | None = None) -> tuple[str, str]:
+    """(backend, kernels) of ModelConfig from --backend / --kernels (kernels.ops.policy_from_flags)."""
+    import torch
+
+    from kernels.ops import policy_from_flags
+    try:
+        return policy_from_flags(args.backend, args.kernels, "cuda" if torch.cuda.is_available() else "cpu",
+                                 compiled, base)
+    except ValueError as e:
+        raise CLIError(f"kernel policy: {e}") from e
 
 
 def resolve_data_dir(args, preset: str, ckpt: dict | None) -> Path:
@@ -194,7 +226,8 @@ def run(args, state: dict) -> int:
 
     try:
         summary = run_training(tcfg, mcfg, data_dir, out_dir, tokenizer_path=args.tokenizer, resume=args.resume,
-                               stop_at_step=args.stop_at_step, progress=not args.no_progress and sys.stderr.isatty())
+                               stop_at_step=args.stop_at_step, progress=not args.no_progress and sys.stderr.isatty(),
+                               compile_backend=args.compile_backend)
     except TrainingDiverged as exc:
         raise CLIError(str(exc)) from exc
     return fail_on_nonfinite(summary, FIGURES)

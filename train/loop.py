@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.config import ModelConfig
 from model.gpt import GPT
 from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
+from train.compiled import training_module, warm_up
 from train.config import TrainConfig
 from train.data.loader import DistributedTokenLoader
 from train.data.shards import list_shards, load_validation_tokens
@@ -52,20 +52,23 @@ def resolve_tokenizer(data_dir: Path, tokenizer_path) -> Path:
 
 
 def run_training(tcfg: TrainConfig, mcfg: ModelConfig, data_dir, out_dir, *, tokenizer_path=None, resume=None,
-                 stop_at_step: int | None = None, progress: bool = True, logger_factory=MetricsLogger) -> dict:
+                 stop_at_step: int | None = None, progress: bool = True, logger_factory=MetricsLogger,
+                 compile_backend="inductor") -> dict:
     """Train (or resume) a run; returns the summary dict also printed as the last stdout line (rank 0).
 
     `logger_factory` builds the metrics logger (a MetricsLogger subclass can also echo each record, as the
-    bundled challenge script does with the challenge's log lines)."""
+    bundled challenge script does with the challenge's log lines). `compile_backend` is torch.compile's backend
+    when tcfg.compile is on (train.compiled)."""
     ctx = setup_distributed()
     try:
         return _train(ctx, tcfg, mcfg, Path(data_dir), Path(out_dir), tokenizer_path, resume, stop_at_step, progress,
-                      logger_factory)
+                      logger_factory, compile_backend)
     finally:
         teardown_distributed(ctx)
 
 
-def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_step, progress, logger_factory) -> dict:
+def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_step, progress, logger_factory,
+           compile_backend) -> dict:
     device, world = ctx.device, ctx.world_size
     on_cuda = device.type == "cuda"
     # ---- inputs: fail before any training ----
@@ -77,7 +80,8 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     luts = build_byte_luts(sp, mcfg.vocab_size)
     provenance = run_provenance(data_dir, tokenizer_file)  # recorded in checkpoints and the final model
     ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None and ModelConfig.from_dict(ckpt["config"]) != mcfg:
+    if ckpt is not None and ModelConfig.from_dict({**ckpt["config"], "backend": mcfg.backend,
+                                                   "kernels": mcfg.kernels}) != mcfg:  # kernels: same weights
         raise ValueError(f"{resume}: the checkpoint's model config differs from the requested one")
     if ckpt is not None:  # a resumed run continues the loader's position: same data, same tokenizer
         check_data(ckpt.get("provenance"), data_dir, resume)
@@ -127,11 +131,13 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     info(ctx, f"late_qat: {'on' if model.late_qat else 'off'} "
               f"(threshold {tcfg.late_qat_threshold}: turns on when the LR multiplier drops below it; 0 = never)")
 
-    train_model = model
-    if tcfg.compile:
-        train_model = torch.compile(train_model, dynamic=False, fullgraph=True)
-    if world > 1:
-        train_model = DDP(train_model, device_ids=[device.index] if on_cuda else None, broadcast_buffers=False)
+    info(ctx, f"kernels: {mcfg.kernel_policy} | compile: {tcfg.compile}"
+              + (f" ({compile_backend}, fullgraph{', inside DDP' if world > 1 else ''})" if tcfg.compile else ""))
+    train_model = training_module(model, compile=tcfg.compile, backend=compile_backend, ddp=world > 1, device=device)
+    compile_s = None
+    if tcfg.compile and step < tcfg.steps:  # the first call compiles: before the timed steps, reported apart
+        compile_s = warm_up(train_model, model, (loader.local_tokens // seq_len, seq_len), device, autocast)
+        info(ctx, f"compile: warm-up forward+backward {compile_s:.1f}s (not in train_time)")
 
     logger = logger_factory(out_dir / METRICS_NAME, enabled=ctx.is_main, append=resume is not None)
     if resume is not None:
@@ -236,7 +242,7 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
                "train_loss": train_loss_value, "val_loss": val_loss, "val_bpb": val_bpb,
                "train_time_s": train_time_ms / 1000.0,
                "tokens_per_s": tcfg.batch_tokens * step / max(train_time_ms / 1000.0, 1e-9),
-               "tokens_seen": tcfg.batch_tokens * step, "late_qat": model.late_qat,
+               "tokens_seen": tcfg.batch_tokens * step, "late_qat": model.late_qat, "compile_s": compile_s,
                "checkpoint": str(ckpt_path), "out_dir": str(out_dir)}
     if not stopped_early:
         final_state = ema.model_state(model)
