@@ -81,24 +81,26 @@ def rows_from_json(text: str) -> tuple[dict, list[Row]]:
     return data, rows
 
 
-def differences(rows: list[Row], other: list[Row]) -> list[list[str]]:
-    """Rows whose registers, spills, shared memory, dot lowering or error differ between two reports."""
+def differences(rows: list[Row], other: list[Row]) -> tuple[list[list[str]], int, int]:
+    """Rows whose spills, shared memory, dot lowering or error differ between two reports (missing ones too),
+    plus how many rows differ in registers only and the largest such difference."""
     def key(r):
         return (r.kernel, r.variant, r.config, r.arch)
 
+    def fmt(x):
+        return "ERROR" if x.error else f"{x.regs} regs, {x.spills} B spills, {x.smem} B smem, {x.dot}"
+
     theirs = {key(r): r for r in other}
-    out = []
+    out, reg_rows, reg_max = [], 0, 0
     for r in rows:
         o = theirs.get(key(r))
         if o is None:
-            out.append([r.kernel, r.variant, r.config, r.arch, "not in the other run", ""])
-            continue
-        mine = (r.regs, r.spills, r.smem, r.dot, bool(r.error))
-        if mine != (o.regs, o.spills, o.smem, o.dot, bool(o.error)):
-            fmt = lambda x: ("ERROR" if x.error else f"{x.regs} regs, {x.spills} B spills, "  # noqa: E731
-                             f"{x.smem / 1024:.1f} KB, {x.dot}")
+            out.append([r.kernel, r.variant, r.config, r.arch, fmt(r), "not compiled"])
+        elif (r.spills, r.smem, r.dot, bool(r.error)) != (o.spills, o.smem, o.dot, bool(o.error)):
             out.append([r.kernel, r.variant, r.config, r.arch, fmt(r), fmt(o)])
-    return out
+        elif r.regs != o.regs:
+            reg_rows, reg_max = reg_rows + 1, max(reg_max, abs(r.regs - o.regs))
+    return out, reg_rows, reg_max
 
 
 def markdown(rows: list[Row], meta: dict, other: tuple[dict, list[Row]] | None) -> str:
@@ -129,15 +131,16 @@ def markdown(rows: list[Row], meta: dict, other: tuple[dict, list[Row]] | None) 
     ]
     if other is not None:
         other_meta, other_rows = other
-        diff = differences(rows, other_rows)
+        diff, reg_rows, reg_max = differences(rows, other_rows)
         lines += [
             f"## Checked with triton {other_meta['triton']} too",
             "",
-            f"`{other_meta['command']}` with triton {other_meta['triton']} (torch {other_meta['torch']}) on "
-            f"{other_meta['date']}: {len(other_rows)} compiles, exit code {other_meta['exit']}, "
-            f"{sum(1 for r in other_rows if r.violations)} rows breaking a rule. "
-            + (f"{len(diff)} rows differ from triton {meta['triton']}:" if diff else
-               f"Registers, spills, shared memory and dot lowering identical to triton {meta['triton']}."),
+            f"`{other_meta['command']}` with triton {other_meta['triton']} (torch {other_meta['torch']}, "
+            f"{other_meta['ptxas']}) on {other_meta['date']}: {len(other_rows)} compiles, exit code "
+            f"{other_meta['exit']}, {sum(1 for r in other_rows if r.violations)} rows breaking a rule. Against "
+            f"triton {meta['triton']}: {reg_rows} rows differ in registers only (by up to {reg_max}), "
+            f"{len(diff)} rows in spills, shared memory, dot lowering or errors"
+            + (":" if diff else "."),
             "",
         ]
         if diff:
