@@ -196,3 +196,20 @@ def test_head_width_and_scored_ranges_without_gaps():
             assert first == 1 and last == int(plan.ends[:lo + 1].max())
             if lo:
                 assert plan.first_scored[lo] <= plan.ends[:lo].max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_head_at_scored_positions_on_cuda_under_bf16_autocast(backend, device):
+    """On the GPU (bf16 autocast, Triton kernels compiled for real): the scored-positions head against the full
+    head, eagerly (compiling the tiny model would cost the GPU check more than the check is worth)."""
+    torch.manual_seed(0)
+    cfg = get_config("tiny", vocab_size=VOCAB, num_layers=2, ve_layers=(1,), xsa_last_n=1, model_dim=64,
+                     num_heads=2, num_kv_heads=1, mlp_hidden=128, seq_len=64, rope_train_seq_len=64,
+                     bigram_buckets=64, bigram_dim=32, ve_dim=32, backend=backend)
+    model = GPT(cfg).to(device)
+    tokens, nbytes = stream(1 + 64 * 6 + 9, seed=11)
+    fast = evaluate(model, tokens, target_bytes=nbytes, stride=16, batch=8, compile=False)
+    full = evaluate(model, tokens, target_bytes=nbytes, stride=16, batch=8, compile=False, all_positions=True)
+    assert (fast["tokens"], fast["bytes"]) == (full["tokens"], full["bytes"])
+    assert fast["val_bpb"] == pytest.approx(full["val_bpb"], rel=1e-2)
