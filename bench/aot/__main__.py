@@ -25,7 +25,7 @@ import multiprocessing  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-SPEC_MODULES = ("attention", "mlp", "int6_matmul", "cross_entropy", "rmsnorm", "rope")
+SPEC_MODULES = ("attention", "mlp", "int6_matmul", "cross_entropy", "rmsnorm", "rope", "residual_norm")
 _CASES: list = []  # filled before the worker processes fork; workers receive indices into it
 
 
