@@ -1,11 +1,14 @@
 """Each Triton kernel against its eager twin and the torch baselines, at training and eval/TTT shapes.
 
 Baselines per op: attention — the eager twin (SDPA, backend of torch's choosing) and SDPA forced to
-the flash backend; MLP, RMSNorm, softcapped CE — the eager twin and torch.compile of it; int6 linear —
-the eager twin (unpacks every call) and dequantize-once + bf16 cuBLAS F.linear (the bar at TTT sizes).
+the flash and to the cuDNN backend, forward, backward and both (the Triton kernel's line count in the shape
+column); MLP, RMSNorm, softcapped CE — the eager twin and torch.compile of it; int6 linear — the eager twin
+(unpacks every call) and dequantize-once + bf16 cuBLAS F.linear (the bar at TTT sizes).
 Training-shape cases time forward + backward (gradients by torch.autograd.grad, so nothing accumulates).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,40 +62,92 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
 
 
-def sdpa_flash(q, k, v):
-    """SDPA restricted to its flash backend, in the (B, T, H, D) layout of the eager twin."""
+def _sdpa(backend_name: str, q, k, v):
+    """SDPA restricted to one backend, in the (B, T, H, D) layout of the eager twin."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    with sdpa_kernel(getattr(SDPBackend, backend_name)):
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=True, enable_gqa=q.size(2) != k.size(2))
     return y.transpose(1, 2)
 
 
-ATTENTION_CASES = [(v, xsa, mode) for mode in ("fwd", "fwd+bwd") for xsa in (False, True)
-                   for v in ("eager", "sdpa_flash", "triton") if not (xsa and v == "sdpa_flash")]
+def sdpa_flash(q, k, v):
+    """SDPA forced to the flash backend (FlashAttention-2), GQA in the kernel."""
+    return _sdpa("FLASH_ATTENTION", q, k, v)
+
+
+def sdpa_cudnn(q, k, v):
+    """SDPA forced to the cuDNN backend; its inputs are given with K/V already repeated to the query heads
+    (outside the timing), since cuDNN's GQA support varies by version: its backward then skips the sum over
+    each group's dK/dV, a small advantage over the others."""
+    return _sdpa("CUDNN_ATTENTION", q, k, v)
+
+
+# Triton variants: the default backward (deterministic two-stage dQ, XSA fused) and the selectable slower paths
+TRITON_ATTENTION_VARIANTS = {"triton": {}, "triton_atomic": dict(dq_mode="atomic"),
+                             "triton_separate": dict(dq_mode="separate"), "triton_xsa_unfused": dict(fuse_xsa=False)}
+ATTENTION_KERNEL_FILES = ("kernels/attention.py", "kernels/attention_backward.py", "kernels/xsa.py")
+ATTENTION_CASES = [(v, xsa, mode) for mode in ("fwd", "bwd", "fwd+bwd") for xsa in (False, True)
+                   for v in ("eager", "sdpa_flash", "sdpa_cudnn", *TRITON_ATTENTION_VARIANTS)
+                   if not (xsa and v.startswith("sdpa"))  # SDPA has no XSA epilogue
+                   and not (v == "triton_xsa_unfused" and not xsa)
+                   and not (mode == "fwd" and v in ("triton_atomic", "triton_separate"))]  # same forward
+
+
+def attention_kernel_lines() -> int:
+    """Lines of the Triton attention family (kernels, launchers, custom ops), shown beside its speed-up."""
+    root = Path(__file__).resolve().parents[1]
+    return sum(len((root / f).read_text().splitlines()) for f in ATTENTION_KERNEL_FILES)
+
+
+def _attention_op(variant: str, xsa: bool, variant_fn):
+    if variant.startswith("sdpa"):
+        return sdpa_flash if variant == "sdpa_flash" else sdpa_cudnn
+    if variant == "eager":
+        twin = variant_fn("attention", "eager")
+        return lambda q, k, v: twin(q, k, v, xsa)
+    kernel = variant_fn("attention", "triton")
+    options = TRITON_ATTENTION_VARIANTS[variant]
+    return lambda q, k, v: kernel(q, k, v, xsa=xsa, **options)
 
 
 @pytest.mark.parametrize("variant,xsa,mode", ATTENTION_CASES)
 def test_attention(variant, xsa, mode, shapes, measure, variant_fn):
+    """Forward, backward alone (the forward's graph kept, gradients only) and forward+backward, in TFLOP/s by
+    FlashAttention's count (backward = 2.5 forwards), against SDPA's flash and cuDNN backends."""
     s = shapes
-    backward = mode == "fwd+bwd"
-    op = sdpa_flash if variant == "sdpa_flash" else variant_fn("attention", variant)
-    call = (lambda q, k, v: op(q, k, v, xsa)) if variant != "sdpa_flash" else op
+    if variant == "sdpa_cudnn" and s.device != "cuda":
+        pytest.skip("SDPA's cuDNN backend needs a CUDA GPU")
+    op = _attention_op(variant, xsa, variant_fn)
+    kv_heads = s.num_heads if variant == "sdpa_cudnn" else s.num_kv_heads
+    grad_needed = mode != "fwd"
     sets = []
     for _ in range(s.input_sets):
-        q = _randn((s.attn_batch, s.seq_len, s.num_heads, s.head_dim), s, grad=backward)
-        k, v = (_randn((s.attn_batch, s.seq_len, s.num_kv_heads, s.head_dim), s, grad=backward) for _ in "kv")
-        sets.append((q, k, v, torch.randn_like(q)) if backward else (q, k, v))
-    if backward:
-        fn = forward_backward(call, 3)
+        q = _randn((s.attn_batch, s.seq_len, s.num_heads, s.head_dim), s, grad=grad_needed)
+        k, v = (_randn((s.attn_batch, s.seq_len, kv_heads, s.head_dim), s, grad=grad_needed) for _ in "kv")
+        if mode == "fwd":
+            sets.append((q, k, v))
+        elif mode == "fwd+bwd":
+            sets.append((q, k, v, torch.randn_like(q)))
+        else:  # the forward runs once here; each timed call is one backward through the kept graph
+            sets.append((op(q, k, v), q, k, v, torch.randn_like(q)))
+    if mode == "fwd+bwd":
+        fn = forward_backward(op, 3)
+    elif mode == "bwd":
+        def fn(out, q, k, v, grad_out):
+            return torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
     else:
         def fn(q, k, v):
             with torch.no_grad():
-                return call(q, k, v)
+                return op(q, k, v)
+    forward = flops.attention_kernel_flops(s.attn_batch, s.seq_len, s.num_heads, s.head_dim, backward=False)
+    case_flops = {"fwd": forward, "bwd": forward * flops.FA_BACKWARD_FACTOR,
+                  "fwd+bwd": forward * (1 + flops.FA_BACKWARD_FACTOR)}[mode]
     measure(f"attention{'_xsa' if xsa else ''} {mode}", variant, fn, sets, tokens=s.attn_batch * s.seq_len,
-            shape=f"B{s.attn_batch} T{s.seq_len} H{s.num_heads}/{s.num_kv_heads} D{s.head_dim} {_dtype_name(s.dtype)}",
-            flops=flops.attention_kernel_flops(s.attn_batch, s.seq_len, s.num_heads, s.head_dim, backward))
+            shape=f"B{s.attn_batch} T{s.seq_len} H{s.num_heads}/{s.num_kv_heads} D{s.head_dim} "
+                  f"{_dtype_name(s.dtype)}; Triton kernel {attention_kernel_lines()} lines",
+            flops=case_flops)
 
 
 @pytest.mark.parametrize("variant", ["eager", "compile", "triton"])

@@ -2,7 +2,8 @@
 
 Forward: one program per (block of query positions, batch, pack of PACK query heads of one KV group). The
 pack's heads are stacked as rows of one BLOCK_M-row tile (BLOCK_M / PACK positions each), so every K/V tile
-is loaded once for the pack, and the causal diagonal costs one tile per pack instead of one per head. Online
+is loaded once for the pack, and the masked diagonal spans BLOCK_M / PACK positions instead of BLOCK_M (half
+the wasted above-diagonal work per head at PACK 2; the seed's 8 query / 4 KV heads pack 2). Online
 softmax in the exp2 domain (log2(e) folded into the 1/sqrt(D) scale); keys past the diagonal are never
 visited and only the diagonal tile pays for the causal mask. Programs are launched longest rows first
 (the last query block has the most keys), so the short ones fill the tail. It stores the log-sum-exp

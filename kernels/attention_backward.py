@@ -46,18 +46,18 @@ BWD_BLOCK_N = {32: 128, 64: 128, 128: 64}  # per head_dim, half precision on a G
 
 def bwd_gpu_configs(arch: int) -> list[tuple[int, int, int]]:
     """(BLOCK_M, num_warps, num_stages) of the main kernel on a GPU of compute capability `arch`.x: the ones that
-    compile without spills at BLOCK_N 128, head_dim 64, in every dQ mode, with and without XSA (python -m
-    bench.aot). sm_80 keeps the mma.sync operands in registers, so only single-stage or 16-query steps fit;
-    sm_90's wgmma reads them from shared memory and leaves room for software pipelining."""
-    common = [(32, 8, 1), (16, 8, 2)]
-    return common + ([(32, 8, 2), (32, 8, 3), (64, 8, 1)] if arch >= 9 else [])
+    compile without spills at BLOCK_N 128, head_dim 64, in every dQ mode, with and without XSA, on triton 3.6 and
+    3.7 (python -m bench.aot). sm_80 keeps the mma.sync operands in registers: only the single-stage 32-query
+    step fits (247-255 registers); sm_90's wgmma reads them from shared memory and leaves room for software
+    pipelining (180-252 registers)."""
+    return [(32, 8, 1)] + ([(16, 8, 2), (32, 8, 2), (32, 8, 3), (64, 8, 1)] if arch >= 9 else [])
 
 
 GPU_ARCH = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 9
 BWD_CONFIGS = [triton.Config(dict(BLOCK_M=m), num_warps=w, num_stages=s)
                for m, w, s in ([(64, 4, 1)] if INTERPRET else bwd_gpu_configs(GPU_ARCH))]
 # the "separate" dQ kernel: (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages), BLOCK_M % BLOCK_N == 0
-DQ_GPU_CONFIGS = [(128, 32, 4, 2), (64, 32, 4, 3)]
+DQ_GPU_CONFIGS = [(128, 32, 8, 2), (64, 32, 4, 3)]
 DQ_CONFIGS = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s)
               for m, n, w, s in ([(64, 64, 4, 1)] if INTERPRET else DQ_GPU_CONFIGS)]
 # fp32 on a GPU (exact "ieee" dots on CUDA cores, a correctness path): small fixed blocks that do not spill

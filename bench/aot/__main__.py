@@ -79,7 +79,7 @@ def run(cases: list, arches: list[str], jobs: int, progress) -> list:
     from bench.aot.rules import violations
 
     _CASES[:] = cases
-    work = [(i, a) for i in range(len(cases)) for a in arches]
+    work = [(i, a) for i in range(len(cases)) for a in arches if not cases[i].archs or a in cases[i].archs]
     results = {}
     if jobs == 1:
         done = map(_compile_job, work)

@@ -79,7 +79,8 @@ class Case:
 
     kernel: short name ("mlp._relu2_matmul_kernel"); variant: the launch path ("fwd bf16"); default: launched
     with this config without autotuning (a spill there is an error); kwargs: constexprs and
-    num_warps / num_stages (launch options).
+    num_warps / num_stages (launch options); archs: the only archs that launch it (a per-arch config list),
+    empty for all.
     """
 
     kernel: str
@@ -89,6 +90,7 @@ class Case:
     kwargs: dict
     default: bool
     config: str = field(default="")
+    archs: tuple = ()
 
     def __post_init__(self):
         if not self.config:
