@@ -71,6 +71,26 @@ MODEL_VARIANTS = {"eager": ("eager", False), "compile": ("eager", True),
                   "triton": ("triton", False), "triton+compile": ("triton", True)}
 
 
+def _policy_variants() -> dict[str, tuple[str, str]]:
+    """The candidate kernel policies of the training step, all under torch.compile: name -> (backend, overrides).
+    "default+compile" is kernels.ops.default_kernels("cuda", True) (glue to Inductor, attention / MLP / CE / int6
+    to Triton); each other candidate moves one family across. With "compile" (every family to Inductor) and
+    "triton+compile" (every family to Triton) they are what picks the default once a GPU has measured them."""
+    from kernels.ops import KernelPolicy, default_kernels
+
+    backend, glue = default_kernels("cuda", True)
+    default = KernelPolicy.resolve(backend, glue)
+    moved = {"": "", "fused_norm+": "residual_norm=triton",  # the fused residual-norm kernel vs Inductor's fusion
+             "sdpa+": "attention=inductor",  # SDPA (flash) vs the Triton attention
+             "cublas_mlp+": "mlp=inductor",  # cuBLAS with Inductor's epilogue vs the Triton MLP
+             "inductor_ce+": "cross_entropy=inductor"}  # Inductor's CE (materialized logits) vs the fused Triton CE
+    return {f"default+{name}compile": (backend, default.override(change).overrides_from(backend))
+            for name, change in moved.items()}
+
+
+POLICY_VARIANTS = _policy_variants()
+
+
 def get_shapes(quick: bool) -> BenchShapes:
     """The quick or full (GPU) shape set. Quick runs on the GPU when there is one: there the kernels are
     compiled, not interpreted, and cannot take CPU tensors."""

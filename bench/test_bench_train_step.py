@@ -1,8 +1,9 @@
 """One training step of the model in tokens/s: forward+backward alone, the whole step, and the optimizer alone.
 
 Variants (bench.shapes.MODEL_VARIANTS): eager ops, eager ops under torch.compile (attention = the eager twin's
-SDPA, flash on a GPU in bf16), Triton kernels, and Triton kernels under torch.compile — same preset, same
-weights, same batches, same process. One step is one micro-batch of 48 x 2048 tokens at the seed preset, under
+SDPA, flash on a GPU in bf16), Triton kernels, and Triton kernels under torch.compile; and the candidate kernel
+policies under torch.compile (bench.shapes.POLICY_VARIANTS: the default policy and one family moved at a time) —
+same preset, same weights, same batches, same process. One step is one micro-batch of 48 x 2048 tokens at the seed preset, under
 bf16 autocast (spec §3.12), with the optimizers, hyper-parameters and EMA of train.optim / train.config /
 train.ema, as train.loop runs them. Each variant's test measures two cases on one (compiled) model:
 `train_fwd_bwd` (forward + backward) and `train_step` (that + clip + Muon + AdamW + EMA); `optimizer_step`
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from bench import flops
-from bench.shapes import MODEL_VARIANTS
+from bench.shapes import MODEL_VARIANTS, POLICY_VARIANTS
 
 
 def _optimizers(model, cfg, shapes, import_or_skip):
@@ -31,6 +32,25 @@ def _optimizers(model, cfg, shapes, import_or_skip):
 @pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
 def test_train_step(variant, shapes, build_model, token_batches, compile_fn, autocast, measure, import_or_skip):
     cfg, model, compiled = build_model(variant)
+    _measure_train_step(variant, cfg, model, compiled, shapes, token_batches, compile_fn, autocast, measure,
+                        import_or_skip)
+
+
+@pytest.mark.parametrize("variant", list(POLICY_VARIANTS))
+def test_train_step_policy(variant, shapes, build_model, token_batches, compile_fn, autocast, measure,
+                           import_or_skip):
+    """The candidate kernel policies (bench.shapes.POLICY_VARIANTS), compiled. Quick mode runs the default only:
+    the others move single families across, paths the test suite covers."""
+    if shapes.quick and variant != "default+compile":
+        pytest.skip("quick mode: the default policy stands for the candidates")
+    cfg, model, compiled = build_model("triton+compile")  # same weights; then the policy's routing
+    model.set_kernels(*POLICY_VARIANTS[variant])
+    _measure_train_step(variant, cfg, model, compiled, shapes, token_batches, compile_fn, autocast, measure,
+                        import_or_skip)
+
+
+def _measure_train_step(variant, cfg, model, compiled, shapes, token_batches, compile_fn, autocast, measure,
+                        import_or_skip):
     model.bigram.scale.requires_grad_(True)  # as train.loop: in no optimizer, but its gradient counts toward the clip
     optimizers, average, tc = _optimizers(model, cfg, shapes, import_or_skip)
     forward = compile_fn(model) if compiled else model
