@@ -35,6 +35,7 @@ from eval.int6_cache import route_int6_by_size
 from eval.plan import make_plan
 from eval.scoring import evaluate, stream_target_bytes
 from eval.ttt import ScoreFirstTTT, TTTConfig
+from kernels.ops import parse_overrides, policy_from_flags
 from train.cli_errors import (ArgumentParser, CLIError, check_cuda_device, check_input_file, check_output_file,
                               fail_on_nonfinite, nonnegative_float, nonnegative_int, positive_float, positive_int,
                               run_cli, unit_interval)
@@ -76,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-chunk JSONL log, a PNG plot is written next to it (under torchrun spell it "
                         "--chunk-log: torchrun's own parser rejects --log as an ambiguous prefix)")
     p.add_argument("--json", help="write the final summary JSON here too")
-    p.add_argument("--backend", choices=("eager", "triton"), help="kernel backend (default: the model file's)")
+    p.add_argument("--backend", choices=("eager", "triton"),
+                   help="whole-model kernel policy (default: the model file's; see kernels.ops)")
+    p.add_argument("--kernels", metavar="FAMILY=CHOICE,...",
+                   help="per op family overrides (triton|eager|inductor) on top of the policy, e.g. "
+                        "attention=triton,rms_norm=inductor")
     p.add_argument("--int6-kernel", action="store_true",
                    help="run int6 matrices through the int6-dequant matmul (with --ttt: the frozen blocks only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -143,6 +148,10 @@ def run(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()  # --ttt-budget-s counts from here
     check_cuda_device(args.device)
+    try:
+        parse_overrides(args.kernels or "")
+    except ValueError as e:
+        raise CLIError(f"--kernels: {e}") from e
     check_outputs(args)
     list_shards(args.data, "val")
     tokenizer_path = check_input_file(Path(args.tokenizer) if args.tokenizer else Path(args.data) / "tokenizer.model",
@@ -167,6 +176,9 @@ def run(args: argparse.Namespace) -> dict:
     frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze)) if args.ttt else None
     model, cfg = build_model(source, device=device, backend=args.backend, int6_prefixes=frozen, where=args.model)
     del source
+    if args.backend or args.kernels:  # --backend: a whole-model policy; --kernels: families on top (kernels.ops)
+        model.set_kernels(*policy_from_flags(args.backend, args.kernels, "", False, base=(cfg.backend, cfg.kernels)))
+        cfg = model.cfg
     if args.int6_kernel:
         route_int6_by_size(model)
     luts = build_byte_luts(sp, cfg.vocab_size)
