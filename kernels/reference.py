@@ -130,6 +130,6 @@ def residual_norm(x: torch.Tensor, scale: float = 1.0, *, branch: torch.Tensor |
         m = mix.to(x.dtype)
         h = m[0] * h + m[1] * x0
     n = rms_norm(h, scale, eps)
-    if torch.is_autocast_enabled(x.device.type):
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # meta: no autocast (FLOP counting)
         n = n.to(torch.get_autocast_dtype(x.device.type))
     return (r, h, n) if keep_residual else (h, n)
