@@ -13,7 +13,8 @@ value is the roofline estimate above until a GPU measures it: `crossover_from_be
 weight through cuBLAS) and returns the largest measured M at which the kernel still wins at every shape.
 
 `route_int6_by_size(model)` gives every Linear holding int6 weights an op namespace whose `int6_linear` picks
-the path by the call's row count (static under torch.compile: one branch per compiled shape).
+the path by the call's row count (static under torch.compile: one branch per compiled shape). GPT.set_backend /
+set_kernels give every module a fresh op namespace, so route after switching kernels, not before.
 """
 from __future__ import annotations
 
