@@ -303,30 +303,24 @@ def _residual_norm_backward_op(dr: torch.Tensor | None, dh: torch.Tensor | None,
                                skip: torch.Tensor | None, skip_gate: torch.Tensor | None,
                                skip_weight: torch.Tensor | None, x0: torch.Tensor | None, mix: torch.Tensor | None,
                                rstd: torch.Tensor, scale: float, skip_self: bool) -> list[torch.Tensor]:
-    """Returns [dx, dbranch, dbranch_scale, dskip, dskip_gate, dskip_weight, dx0, dmix]; empty for absent inputs."""
+    """Returns [dx, dbranch, dskip, dx0, param_sums]: empty for absent inputs; param_sums (5, D) fp32 holds the
+    per-channel gradients of branch_scale, skip_gate, skip_weight, mix[0], mix[1] (one tensor: no copies)."""
     d = x.shape[-1]
     vec = (lambda t: None if t is None else t.contiguous())
     dx, dbranch, dskip, dx0, partials = _residual_norm_backward(
         _rows(dr, d), _rows(dh, d), _rows(dn, d), _rows(x, d), _rows(branch, d), vec(branch_scale), _rows(skip, d),
         vec(skip_gate), vec(skip_weight), _rows(x0, d), vec(mix), rstd.reshape(-1), scale, skip_self)
-    sums = partials.sum(1)
 
     def grad(t, g):  # outputs may not alias each other: a fresh empty tensor for each absent input
         return x.new_empty(0) if t is None else g.reshape(t.shape)
 
-    def param_grad(t, g):  # copies: the rows of `sums` are views of one tensor
-        return x.new_empty(0) if t is None else g.to(t.dtype, copy=True)
-
-    return [grad(x, dx), grad(branch, dbranch), param_grad(branch_scale, sums[0]), grad(skip, dskip),
-            param_grad(skip_gate, sums[1]), param_grad(skip_weight, sums[2]), grad(x0, dx0),
-            param_grad(mix, sums[3:5])]
+    return [grad(x, dx), grad(branch, dbranch), grad(skip, dskip), grad(x0, dx0), partials.sum(1)]
 
 
 @_residual_norm_backward_op.register_fake
 def _(dr, dh, dn, x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix, rstd, scale, skip_self):
     like = (lambda t: torch.empty_like(t) if t is not None else x.new_empty(0))
-    return [like(x), like(branch), like(branch_scale), like(skip), like(skip_gate), like(skip_weight), like(x0),
-            like(mix)]
+    return [like(x), like(branch), like(skip), like(x0), x.new_empty((_PARAM_GRADS, x.shape[-1]), dtype=torch.float32)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -344,10 +338,11 @@ def _backward(ctx, dr, dh, dn, d_rstd_unused):
     x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix, rstd = ctx.saved_tensors
     if dn is None:
         dn = torch.zeros_like(x)
-    grads = torch.ops.triton_golf.residual_norm_backward(dr, dh, dn, x, branch, branch_scale, skip, skip_gate,
-                                                         skip_weight, x0, mix, rstd, ctx.scale, ctx.skip_self)
-    present = (x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix)
-    return (*(g if t is not None else None for g, t in zip(grads, present)), None, None, None, None, None)
+    dx, dbranch, dskip, dx0, sums = torch.ops.triton_golf.residual_norm_backward(
+        dr, dh, dn, x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix, rstd, ctx.scale, ctx.skip_self)
+    grads = (dx, dbranch, sums[0], dskip, sums[1], sums[2], dx0, sums[3:5])
+    inputs = (x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix)
+    return (*(None if t is None else g.to(t.dtype) for g, t in zip(grads, inputs)), None, None, None, None, None)
 
 
 _residual_norm_op.register_autograd(_backward, setup_context=_setup_context)
@@ -383,7 +378,8 @@ def residual_norm(x: torch.Tensor, scale: float = 1.0, *, branch: torch.Tensor |
         raise ValueError("residual_norm: branch needs branch_scale, skip_gate needs skip_weight, x0 needs mix, "
                          "and skip needs skip_gate")
     device = x.device.type
-    out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    autocast = device != "meta" and torch.is_autocast_enabled(device)  # meta (FLOP and launch counts): none
+    out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
     r, h, n, _ = torch.ops.triton_golf.residual_norm(
         x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix, float(scale),
         float(default_eps(x.dtype) if eps is None else eps), skip_gate is not None and skip is None,
