@@ -73,9 +73,9 @@ def _attn_bwd_preprocess_kernel(o_ptr, do_ptr, v_ptr, coef_ptr, dy_ptr, delta_pt
                                 stride_vb, stride_vt, stride_vh, Hq, Hkv, T, GROUP, xsa_eps,
                                 HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, XSA: tl.constexpr):
     """delta = rowsum(dY * Y) fp32 (B, Hq, T). XSA: dy (contiguous (B, T, Hq, D)) and dvx (fp32 (B, T, Hkv, D))."""
-    b = (tl.program_id(1) // Hkv).to(tl.int64)
-    hk = tl.program_id(1) % Hkv
-    pos = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b = (tl.program_id(0) // Hkv).to(tl.int64)
+    hk = tl.program_id(0) % Hkv
+    pos = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = pos < T
     if XSA:
@@ -195,8 +195,8 @@ def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dvx_ptr, d
 def _attn_bwd_dq_reduce_kernel(part_ptr, dq_ptr, stride_dqb, stride_dqt, stride_dqh, Hq, T, part_rows, sm_scale,
                                HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ = sm_scale * sum over key blocks j = 0, 1, ... (this fixed order) of the two-stage partials."""
-    bh = tl.program_id(1).to(tl.int64)
-    start = tl.program_id(0) * BLOCK_T
+    bh = tl.program_id(0).to(tl.int64)
+    start = tl.program_id(1) * BLOCK_T
     pos = start + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = pos < T
@@ -332,7 +332,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     delta = torch.empty((B, Hq, T), **f32)
     dy = do.new_empty((B, T, Hq, D)) if xsa else delta  # unused pointers get any tensor
     dvx = torch.empty((B, T, Hkv, D), **f32) if xsa else delta
-    _attn_bwd_preprocess_kernel[(triton.cdiv(T, ROW_BLOCK), B * Hkv)](
+    _attn_bwd_preprocess_kernel[(B * Hkv, triton.cdiv(T, ROW_BLOCK))](  # batch x heads on the 2^31 axis
         o, do, v, coef if xsa else delta, dy, delta, dvx, *o.stride()[:3], *do.stride()[:3], *v.stride()[:3],
         Hq, Hkv, T, group, XSA_EPS, HEAD_DIM=D, BLOCK_T=ROW_BLOCK, XSA=xsa)
     do = dy if xsa else do
@@ -353,7 +353,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
         **fixed)
 
     if dq_mode == "two_stage":
-        _attn_bwd_dq_reduce_kernel[(triton.cdiv(T, ROW_BLOCK), B * Hq)](
+        _attn_bwd_dq_reduce_kernel[(B * Hq, triton.cdiv(T, ROW_BLOCK))](
             dq_acc, dq, *dq.stride()[:3], Hq, T, dq_rows, sm_scale, HEAD_DIM=D, BLOCK_T=ROW_BLOCK, BLOCK_N=block_n)
     elif dq_mode == "atomic":
         dq.copy_(dq_acc.view(B, Hq, T, D).transpose(1, 2).mul_(sm_scale))
