@@ -33,7 +33,8 @@ def test_parse_ptxas_log_reads_registers_and_spills():
 
 
 def test_parse_ptxas_log_takes_the_maximum_over_functions_and_rejects_an_empty_log():
-    two = PTXAS_LOG + PTXAS_LOG.replace("Used 255", "Used 40").replace("12 bytes spill stores", "100 bytes spill stores")
+    other = PTXAS_LOG.replace("Used 255", "Used 40").replace("12 bytes spill stores", "100 bytes spill stores")
+    two = PTXAS_LOG + other
     assert parse_ptxas_log(two) == (255, 100, 8)
     with pytest.raises(ValueError, match="no 'Used N registers'"):
         parse_ptxas_log("")
@@ -65,7 +66,7 @@ def _fake_autotuner(configs, prune=None):
 
 def test_autotuned_cases_follow_the_autotuners_prune_and_mark_single_configs_default():
     configs = [triton.Config({"BLOCK_M": bm}, num_warps=4, num_stages=3) for bm in (16, 128)]
-    small_only = _fake_autotuner(configs, lambda cs, named_args: [c for c in cs if c.kwargs["BLOCK_M"] <= named_args["M"]])
+    small_only = _fake_autotuner(configs, lambda cs, args: [c for c in cs if c.kwargs["BLOCK_M"] <= args["M"]])
     cases = autotuned_cases("k", "bf16", small_only, (), {"FLAG": 1}, {"M": 64})
     assert [c.kwargs["BLOCK_M"] for c in cases] == [16] and not cases[0].default
     assert cases[0].kwargs["FLAG"] == 1 and cases[0].config == "BLOCK_M=16 w4 s3"
@@ -76,7 +77,8 @@ def test_autotuned_cases_follow_the_autotuners_prune_and_mark_single_configs_def
 def test_fixed_case_fills_triton_launch_defaults():
     case = Case("k", "fp32", fn=None, args=(), kwargs={"BLOCK_D": 512, "num_warps": 2}, default=True)
     assert case.config == "BLOCK_D=512 w2 s3"
-    assert config_label({"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}) == "BLOCK_M=64 BLOCK_N=32 w8 s2"
+    label = config_label({"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2})
+    assert label == "BLOCK_M=64 BLOCK_N=32 w8 s2"
     with pytest.raises(TypeError, match="not a Triton JIT function"):
         fixed_case("k", "fp32", object(), (), {})
 

@@ -135,10 +135,10 @@ def markdown(rows: list[Row], meta: dict, other: tuple[dict, list[Row]] | None) 
         lines += [
             f"## Checked with triton {other_meta['triton']} too",
             "",
-            f"`{other_meta['command']}` with triton {other_meta['triton']} (torch {other_meta['torch']}, "
-            f"{other_meta['ptxas']}) on {other_meta['date']}: {len(other_rows)} compiles, exit code "
-            f"{other_meta['exit']}, {sum(1 for r in other_rows if r.violations)} rows breaking a rule. Against "
-            f"triton {meta['triton']}: {reg_rows} rows differ in registers only (by up to {reg_max}), "
+            f"`{other_meta['command']}` with triton {other_meta['triton']} first on PYTHONPATH "
+            f"(torch {other_meta['torch']}, {other_meta['ptxas']}) on {other_meta['date']}: {len(other_rows)} "
+            f"compiles, exit code {other_meta['exit']}, {sum(1 for r in other_rows if r.violations)} rows breaking "
+            f"a rule. Against triton {meta['triton']}: {reg_rows} rows differ in registers only (by up to {reg_max}), "
             f"{len(diff)} rows in spills, shared memory, dot lowering or errors"
             + (":" if diff else "."),
             "",
