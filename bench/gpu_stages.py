@@ -39,19 +39,25 @@ class Stage:
         return args + (["--bench-quick", "--benchmark-disable"] if dry_run else [])
 
 
+_POLICY_CANDIDATES = "(fused_norm or sdpa or cublas_mlp or inductor_ce)"
 STAGES = (
-    Stage("kernel_tests", "kernel tests on CUDA", "tests", 0.20, KERNEL_TEST_FILES),
-    Stage("gpu_tests", "other gpu-marked tests", "tests", 0.06,
+    Stage("kernel_tests", "kernel tests on CUDA", "tests", 0.18, KERNEL_TEST_FILES),
+    Stage("gpu_tests", "other gpu-marked tests", "tests", 0.05,
           ("tests", "-m", "gpu", *(f"--ignore={path}" for path in KERNEL_TEST_FILES))),
-    Stage("train_step", "a. seed train step, 48 x 2048: compile vs triton+compile, fwd+bwd apart from optimizer",
-          "bench", 0.26, ("(test_train_step and compile) or test_optimizer_step",)),
-    Stage("attention", "b. attention fwd and fwd+bwd TFLOP/s vs SDPA flash / cuDNN", "bench", 0.14,
+    Stage("train_step", "a. seed train step, 48 x 2048: eager ops + compile (SDPA flash) vs the default kernel policy "
+          "+ compile, fwd+bwd apart from the optimizer", "bench", 0.22,
+          (f"(test_train_step and compile and not triton and not policy) or (test_train_step_policy and not "
+           f"{_POLICY_CANDIDATES}) or test_optimizer_step",)),
+    Stage("attention", "b. attention fwd, bwd and fwd+bwd TFLOP/s vs SDPA flash / cuDNN", "bench", 0.12,
           ("test_attention",)),
-    Stage("memory", "c. GB/s of RMSNorm, QK-norm + RoPE, softcapped CE beside a copy ceiling", "bench", 0.08,
-          ("test_rms_norm or test_qk_norm_rope or test_softcap_cross_entropy or test_copy_ceiling",)),
-    Stage("int6", "d. int6 matmul vs dequantize + cuBLAS and bf16 cuBLAS", "bench", 0.10, ("test_int6_linear",)),
-    Stage("ttt", "e. TTT scoring and training tokens/s, projected full-validation time", "bench", 0.16,
-          ("(test_ttt_score or test_ttt_train) and compile",)),
+    Stage("memory", "c. GB/s of RMSNorm (+ residual), QK-norm + RoPE, softcapped CE beside a copy ceiling", "bench",
+          0.07, ("test_rms_norm or test_qk_norm_rope or test_softcap_cross_entropy or test_copy_ceiling",)),
+    Stage("int6", "d. int6 matmul vs dequantize + cuBLAS and bf16 cuBLAS", "bench", 0.08, ("test_int6_linear",)),
+    Stage("ttt", "e. TTT scoring and training tokens/s, projected full-validation time", "bench", 0.14,
+          ("(test_ttt_score or test_ttt_train) and compile and not triton",)),
+    Stage("policies", "f. the other kernel-policy candidates and whole-model Triton, compiled (picks the default)",
+          "bench", 0.14, (f"(test_train_step_policy and {_POLICY_CANDIDATES}) or (test_train_step and triton and "
+                          f"compile) or ((test_ttt_score or test_ttt_train) and triton and compile)",)),
 )
 
 # the full validation run a TTT projection is for (spec §6): 62,021,632 targets, windows of 2048 every 64

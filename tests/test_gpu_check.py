@@ -133,3 +133,17 @@ def test_cli_refuses_without_cuda_unless_dry_run(tmp_path, monkeypatch):
         gpu_check.main(["--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", str(tmp_path / "out"), "--stages", "nope"])
+
+
+def test_the_train_step_stage_selects_one_baseline_and_the_default_policy_only():
+    """Each compiled seed model costs about a minute of a lent GPU: stage (a) compiles exactly two, the rest wait
+    for the last stage."""
+    import subprocess
+    import sys
+
+    stages = {s.name: s for s in gpu_stages.STAGES}
+    out = subprocess.run([sys.executable, "-m", "pytest", "bench", "--co", "-p", "no:cacheprovider", "-k",
+                          stages["train_step"].selection[0]], capture_output=True, text=True,
+                         cwd=gpu_check.ROOT).stdout
+    names = sorted(line.split("::")[1] for line in out.splitlines() if "::" in line)
+    assert names == ["test_optimizer_step", "test_train_step[compile]", "test_train_step_policy[default+compile]"]
