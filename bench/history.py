@@ -22,8 +22,8 @@ HISTORY_PATH = ROOT / "bench" / "history.jsonl"
 MARKDOWN_PATH = ROOT / "BENCHMARKS.md"
 PLOT_PATH = ROOT / "bench" / "history.png"
 
-VARIANT_ORDER = ("eager", "compile", "sdpa_flash", "dequant_once", "triton", "triton+compile")
-BASELINE_VARIANTS = ("eager", "compile", "sdpa_flash", "dequant_once")
+VARIANT_ORDER = ("eager", "compile", "sdpa_flash", "sdpa_cudnn", "dequant_once", "triton", "triton+compile")
+BASELINE_VARIANTS = ("eager", "compile", "sdpa_flash", "sdpa_cudnn", "dequant_once")
 HEADLINE_PREFIXES = ("train_step", "ttt_")
 FIGURE_KEYS = ("ms", "tokens_per_s", "tflops", "gbps", "peak_mib", "mfu")
 NO_RECORD_TEXT = (
@@ -210,7 +210,10 @@ def _gpu_check_lines(record: dict) -> list[str]:
         lines += ["", f"Projected full-validation score-first TTT on this GPU ({projection['epochs']} epochs, "
                   f"{projection['windows']:,} windows): {projection['total_s']:.0f} s = scoring "
                   f"{projection['score_s']:.0f} s ({projection['score_variant']}) + training {projection['train_s']:.0f} s "
-                  f"({projection['train_variant']})."]
+                  f"({projection['train_variant']})"
+                  + (f"; {projection['scored_targets_per_s']:,.0f} scored targets/s; ideal 8-GPU total "
+                     f"{projection['total_s_8gpu_ideal']:.0f} s (perfect scaling, all-reduce not counted)"
+                     if "total_s_8gpu_ideal" in projection else "") + "."]
     return lines
 
 
