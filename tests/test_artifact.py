@@ -7,8 +7,9 @@ import pytest
 import torch
 import zstandard
 
-from quant.artifact import (HEADER, MAGIC, MANIFEST_LEN, ArtifactError, compress_body, decode_artifact,
-                            encode_artifact, load_artifact, load_artifact_int6, save_artifact)
+from quant.artifact import (FORMAT_VERSION, HEADER, MAGIC, MANIFEST_LEN, ArtifactError, artifact_body,
+                            compress_body, decode_artifact, encode_artifact, load_artifact, load_artifact_int6,
+                            save_artifact)
 from quant.pack import pack_int6, unpack_int6
 from quant.schemes import quantize_state_dict
 
@@ -91,20 +92,27 @@ def test_level_22_on_a_small_payload(tmp_path):
 
 def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     magic, version, size, frame_digest, body_digest = HEADER.unpack_from(artifact_bytes)
-    assert magic == MAGIC and version == 1
-    frame = artifact_bytes[HEADER.size:]
-    body = zstandard.ZstdDecompressor().decompress(frame)
-    assert hashlib.sha256(frame).digest() == frame_digest
+    assert magic == MAGIC and version == FORMAT_VERSION == 2
+    frames = artifact_bytes[HEADER.size:]
+    head = zstandard.ZstdDecompressor().decompressobj().decompress(frames)  # frame 1: manifest length + manifest
+    body = artifact_body(artifact_bytes)  # then the payload in frames of up to PAYLOAD_FRAME_BYTES
+    assert body.startswith(head) and hashlib.sha256(frames).digest() == frame_digest
     assert len(body) == size and hashlib.sha256(body).digest() == body_digest
     (mlen,) = MANIFEST_LEN.unpack_from(body)
+    assert len(head) == MANIFEST_LEN.size + mlen
     manifest = json.loads(body[MANIFEST_LEN.size:MANIFEST_LEN.size + mlen])
-    assert manifest["format_version"] == 1 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
+    assert manifest["format_version"] == 2 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
     names = [e["name"] for e in manifest["tensors"]]
     assert names == sorted(small_state_dict())
     payload_len = len(body) - MANIFEST_LEN.size - mlen
     spans = sorted(tuple(e[k]) for e in manifest["tensors"] for k in ("data", "scale") if e[k])
     assert sum(length for _, length in spans) == payload_len  # spans tile the payload exactly
     assert all(a[0] + a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    alpha = next(e for e in manifest["tensors"] if e["name"] == "blocks.0.mlp.alpha")  # fp16: two byte planes
+    offset, length = alpha["data"]
+    planes = torch.frombuffer(bytearray(body[mlen + 4 + offset:][:length]), dtype=torch.uint8).view(2, -1)
+    want = small_state_dict()["blocks.0.mlp.alpha"].half()
+    assert torch.equal(planes.t().contiguous().view(torch.float16).reshape(-1), want)
 
 
 def test_load_never_unpickles(tmp_path, monkeypatch):
@@ -148,12 +156,15 @@ def test_wrong_magic_unknown_version_and_trailing_bytes(artifact_bytes):
     bumped = HEADER.pack(MAGIC, 99, *HEADER.unpack_from(artifact_bytes)[2:]) + artifact_bytes[HEADER.size:]
     with pytest.raises(ArtifactError, match="version 99"):
         decode_artifact(bumped)
+    old = HEADER.pack(MAGIC, 1, *HEADER.unpack_from(artifact_bytes)[2:]) + artifact_bytes[HEADER.size:]
+    with pytest.raises(ArtifactError, match="version 1 is no longer supported; re-run python -m quant"):
+        decode_artifact(old)
     with pytest.raises(ArtifactError, match="corrupt"):
         decode_artifact(artifact_bytes + b"\x00junk")
 
 
 def test_inconsistent_manifest_is_rejected():
-    manifest = {"format_version": 1, "config": {}, "int6_storage": "int8",
+    manifest = {"format_version": FORMAT_VERSION, "config": {}, "int6_storage": "int8",
                 "tensors": [{"name": "x", "shape": [4], "dtype": "float32", "stored_dtype": "float32",
                              "scheme": "fp32", "data": [0, 100], "scale": None}]}
     text = json.dumps(manifest).encode()
