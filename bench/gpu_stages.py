@@ -15,7 +15,8 @@ from bench import case_log  # noqa: F401  (gpu_check reads case logs through thi
 
 # kernel test files: every test in them runs on CUDA in a real run (bf16 where a test has a bf16 case)
 KERNEL_TEST_FILES = ("tests/test_attention.py", "tests/test_mlp.py", "tests/test_rmsnorm.py", "tests/test_rope.py",
-                     "tests/test_cross_entropy.py", "tests/test_int6_matmul.py", "tests/test_model_triton.py")
+                     "tests/test_cross_entropy.py", "tests/test_int6_matmul.py", "tests/test_residual_norm.py",
+                     "tests/test_model_triton.py", "tests/test_kernel_policy.py")
 PER_TEST_TIMEOUT_S = 240  # pytest-timeout (on the GPU image): one hung test must not eat the whole budget
 
 
