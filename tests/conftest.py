@@ -87,6 +87,26 @@ def restore_matmul_flags():
     torch.set_float32_matmul_precision(saved[2])
 
 
+def write_fineweb_val(folder, tokenizer_path, sample_path, targets: int) -> pathlib.Path:
+    """A val shard of BOS-prefixed FineWeb documents holding `targets` + 1 tokens, with the challenge tokenizer
+    beside it (the data folder `python -m eval` reads); returns the folder."""
+    import json
+
+    from train.data.shards import write_shard
+    from train.data.tokenizer import load_tokenizer
+    folder = pathlib.Path(folder)
+    sp = load_tokenizer(tokenizer_path)
+    ids = []
+    with open(sample_path, encoding="utf-8") as f:
+        for line in f:
+            ids += [1] + sp.encode(json.loads(line)["text"])
+            if len(ids) > targets:
+                break
+    write_shard(folder / "fineweb_val_000000.bin", ids[:1 + targets])
+    (folder / "tokenizer.model").write_bytes(pathlib.Path(tokenizer_path).read_bytes())
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small embedded corpus (150 KB of CPython text, its own tokenizer), built once per test session."""

@@ -2,7 +2,6 @@
 the exit code, the one-line message, and the files that must stay unchanged."""
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_fineweb_val
 from eval.__main__ import main
 from eval.loading import is_artifact, load_model
 from model.config import get_config
@@ -36,18 +37,7 @@ def save_model_file(model: GPT, path: Path) -> Path:
 @pytest.fixture
 def data_dir(tmp_path, real_tokenizer, fineweb_sample):
     """A val shard of BOS-prefixed FineWeb documents (about 1.3k tokens) and the challenge tokenizer."""
-    from train.data.shards import write_shard
-    from train.data.tokenizer import load_tokenizer
-    sp = load_tokenizer(real_tokenizer)
-    ids = []
-    with open(fineweb_sample, encoding="utf-8") as f:
-        for line in f:
-            ids += [1] + sp.encode(json.loads(line)["text"])
-            if len(ids) > 1300:
-                break
-    write_shard(tmp_path / "fineweb_val_000000.bin", ids[:1 + 32 * 40])
-    (tmp_path / "tokenizer.model").write_bytes(Path(real_tokenizer).read_bytes())
-    return tmp_path
+    return write_fineweb_val(tmp_path, real_tokenizer, fineweb_sample, 32 * 40)
 
 
 def last_json_line(capsys) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_fineweb_val
 from eval.__main__ import main
 from model.config import get_config
 from model.gpt import GPT
@@ -20,17 +21,7 @@ TINY = dict(vocab_size=1024, num_layers=2, ve_layers=(1,), xsa_last_n=1, model_d
 
 @pytest.fixture
 def model_and_data(tmp_path, real_tokenizer, fineweb_sample):
-    from train.data.shards import write_shard
-    from train.data.tokenizer import load_tokenizer
-    sp = load_tokenizer(real_tokenizer)
-    ids = []
-    with open(fineweb_sample, encoding="utf-8") as f:
-        for line in f:
-            ids += [1] + sp.encode(json.loads(line)["text"])
-            if len(ids) > 700:
-                break
-    write_shard(tmp_path / "fineweb_val_000000.bin", ids[:1 + 32 * 20])
-    (tmp_path / "tokenizer.model").write_bytes(Path(real_tokenizer).read_bytes())
+    write_fineweb_val(tmp_path, real_tokenizer, fineweb_sample, 32 * 20)
     torch.manual_seed(0)
     model = GPT(get_config("tiny", **TINY))
     with torch.no_grad():

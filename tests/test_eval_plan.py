@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_fineweb_val
 from eval.plan import BudgetError, epochs_for_budget, make_plan, min_score_flops_per_target, project
 from eval.ttt import ScoreFirstTTT, TTTConfig, ttt_evaluate
 from model.config import get_config
@@ -207,20 +208,7 @@ def test_projection_after_the_first_chunks_uses_measured_rates():
 @pytest.fixture
 def cli_files(tmp_path, real_tokenizer, fineweb_sample):
     """(model file, data folder) for `python -m eval`: a tiny 1024-vocab GPT and a val shard of FineWeb text."""
-    import json
-    from pathlib import Path
-
-    from train.data.shards import write_shard
-    from train.data.tokenizer import load_tokenizer
-    sp = load_tokenizer(real_tokenizer)
-    ids = []
-    with open(fineweb_sample, encoding="utf-8") as f:
-        for line in f:
-            ids += [1] + sp.encode(json.loads(line)["text"])
-            if len(ids) > 700:
-                break
-    write_shard(tmp_path / "fineweb_val_000000.bin", ids[:1 + 32 * 20])
-    (tmp_path / "tokenizer.model").write_bytes(Path(real_tokenizer).read_bytes())
+    write_fineweb_val(tmp_path, real_tokenizer, fineweb_sample, 32 * 20)
     torch.manual_seed(0)
     model = GPT(get_config("tiny", **{**TINY, "vocab_size": 1024}))
     path = tmp_path / "model.pt"

@@ -37,7 +37,7 @@ def _config_cases(kernel: str, variant: str, fn, args: tuple, flags: dict, confi
 
 
 def _forward(s, dt, dtype, x, f32, qs, ks) -> list:
-    b, t, hq, hkv, d = s.tokens // s.seq_len, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim
+    t, hq, hkv, d = s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim
     args = (x, x, x, x, f32, f32, *qs, *ks, *ks, *qs, hq, t, hq // hkv, attn.LOG2E / math.sqrt(d), attn.XSA_EPS)
     out = []
     for pack in sorted({attn.head_pack(hq // hkv), 1}, reverse=True):
@@ -54,7 +54,7 @@ def _forward(s, dt, dtype, x, f32, qs, ks) -> list:
 
 
 def _backward(s, dt, dtype, x, f32, qs, ks) -> list:
-    b, t, hq, hkv, d = s.tokens // s.seq_len, s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim
+    t, hq, hkv, d = s.seq_len, s.num_heads, s.num_kv_heads, s.head_dim
     group, sm_scale = hq // hkv, 1.0 / math.sqrt(d)
     fp32 = dtype == DTYPES["fp32"]
     out = []
