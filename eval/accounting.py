@@ -123,7 +123,7 @@ def report(preset: str = "seed") -> str:
              f"| FLOPs per scored target, head at every position (the earlier path) | {score_all['causal'] / 1e9:.4f} G |",
              f"| FLOPs per scored target, minimum for the model and stride (eval.plan) | {score['minimum'] / 1e9:.4f} G |",
              f"| FLOPs per trained token, TTT with blocks 0-1 frozen | {train['causal'] / 1e6:.2f} M |",
-             f"| FLOPs per trained token, minimum (model count, bench.flops) | {train['minimum'] / 1e6:.2f} M |",
+             f"| FLOPs per trained token, minimum (model count, model.flops) | {train['minimum'] / 1e6:.2f} M |",
              f"| FLOPs per trained token, frozen blocks under no_grad (opt-in, another recipe) | "
              f"{detached['causal'] / 1e6:.2f} M (minimum {detached['minimum'] / 1e6:.2f} M) |",
              f"| kernel ops per TTT optimizer step, flat gradient buffer | {ttt_step_kernel_ops(preset, flat=True)} |",

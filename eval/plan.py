@@ -2,7 +2,7 @@
 
 `python -m eval` prints the plan at start: windows, score batches (per rank: the busiest rank's count, which sets
 the time), tokens forwarded and positions the head reads, TTT chunks, SGD steps and trained tokens, and FLOPs by
-the model count of bench.flops (matmuls 2 FLOPs per weight per token, causal attention at half the window):
+the model count of model.flops (matmuls 2 FLOPs per weight per token, causal attention at half the window):
   - scoring: every forwarded token (padded rows included: they are computed) costs the forward without the head,
     each head position (model.nll_at's K per row) the tied head;
   - TTT training: every trained token costs forward + backward with the frozen blocks' weight gradients left out.
@@ -121,7 +121,7 @@ def _si(value: float) -> str:
 def score_plan(cfg, windows: WindowPlan, groups: np.ndarray, batch: int, world: int) -> ScorePlan:
     """Batches, forwarded tokens, head positions and FLOPs of scoring `windows` group by group (`groups`: window
     index bounds, one group per TTT chunk, or [0, n] for one pass), each group split contiguously over ranks."""
-    from bench.flops import forward_flops_per_token
+    from model.flops import forward_flops_per_token
 
     sizes = np.diff(groups)
     per_rank_batches = np.zeros(world, dtype=np.int64)
@@ -178,10 +178,10 @@ def plan_ttt(cfg, num_targets: int, window: int, ttt, world: int) -> TTTPlan:
 
 
 def min_train_flops_per_token(cfg, window: int, freeze_blocks: int, detach_frozen: bool = False) -> float:
-    """FLOPs per trained token of TTT: bench.flops' training count with the frozen blocks' weight gradients left
+    """FLOPs per trained token of TTT: model.flops' training count with the frozen blocks' weight gradients left
     out (their backward still passes the gradient on to the embeddings); with `detach_frozen` their backward is
     skipped too, so each costs only its forward (2 FLOPs per weight, one attention forward)."""
-    from bench import flops
+    from model import flops
 
     total = flops.train_flops_per_token(cfg, window, frozen_layers=freeze_blocks)
     if detach_frozen:
@@ -193,7 +193,7 @@ def min_train_flops_per_token(cfg, window: int, freeze_blocks: int, detach_froze
 def min_score_flops_per_target(cfg, window: int, stride: int) -> float:
     """The least forward FLOPs per scored target at this window and stride: each window of `window` tokens
     (every block over every token) serves `stride` targets, and the head runs once per target."""
-    from bench.flops import forward_flops_per_token
+    from model.flops import forward_flops_per_token
 
     head = 2 * cfg.vocab_size * cfg.model_dim
     return (forward_flops_per_token(cfg, window) - head) * window / stride + head

@@ -11,8 +11,7 @@ anywhere else: one the bundle lacks is an ImportError, never a silent fall-back 
 Which modules: everything reachable from the entry point (train.challenge_main) through import statements,
 including function-level imports, and module names written as strings (kernels.ops picks a backend by name),
 plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED CLI
-modules (data download, tokenizer training, the benchmark suite's entry points), is an error. Of bench/ only
-what evaluation reaches is bundled (eval.plan's FLOP formulas in bench.flops).
+modules (data download, tokenizer training, the benchmark suite), is an error.
 
 `compress=True` (the default) stores the table lzma-compressed and base85-encoded; `compress=False` keeps
 every module readable as a raw string. Measured at
@@ -31,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("kernels", "model", "train", "quant", "eval", "bench")  # bench: only what eval reaches (FLOP formulas)
+PACKAGES = ("kernels", "model", "train", "quant", "eval")
 ENTRY = "train.challenge_main"
 EXCLUDED = ("train.data.download", "train.data.tokenize_text", "train.data.embedded", "train.data.__main__",
             "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle", "bench.__main__",
