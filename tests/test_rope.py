@@ -121,7 +121,7 @@ def test_offsets_past_2_31_elements_gpu(device):
     """B * T * H * D above 2^31 (a 4M-token batch of 8 heads): int32 offsets would wrap and write rows near the
     start; the last tokens must match the twin run on just those tokens (forward and backward)."""
     if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
-        pytest.skip("needs ~20 GiB of GPU memory")
+        pytest.skip("needs a GPU with at least 40 GiB of memory (4 GiB tensors, their gradients and the twin's copies)")
     H, D, rope_dims, tail = 8, 64, 16, 64
     T = 2**31 // (H * D) + tail  # the last `tail` tokens lie entirely past element 2^31
     x = torch.randn(1, T, H, D, device=device, dtype=torch.bfloat16)
