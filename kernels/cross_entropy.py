@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
+from kernels.launch import fixed_launch
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DLOGITS_BUFFER_BYTES = 32 * 1024 * 1024  # bound of the backward's per-chunk (chunk, V) buffer
@@ -160,16 +161,9 @@ def _check_blocks(blocks):
 
 
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs that skip the autotuner, or None to autotune: `blocks` given as a triton.Config (its warps and
-    stages too) or a (BLOCK_T, BLOCK_V, BLOCK_D) tuple (tests), else FP32_CONFIG for fp32 on a GPU."""
+    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch), after checking explicit blocks."""
     _check_blocks(blocks)
-    if isinstance(blocks, triton.Config):
-        return blocks.all_kwargs()
-    if blocks is not None:
-        return dict(zip(("BLOCK_T", "BLOCK_V", "BLOCK_D"), blocks))
-    if dtype == torch.float32 and not _INTERPRET:
-        return FP32_CONFIG.all_kwargs()
-    return None
+    return fixed_launch(dtype, blocks, ("BLOCK_T", "BLOCK_V", "BLOCK_D"), FP32_CONFIG, _INTERPRET)
 
 
 def softcap_ce_forward(x2d, weight, targets1d, softcap, nll=None, lse=None, blocks=None):

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
+from kernels.launch import fixed_launch
 from quant.pack import packed_row_bytes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -187,17 +188,9 @@ def _check_blocks(blocks):
 
 
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs that skip the autotuner, or None to autotune: `blocks` given as a triton.Config (its warps and
-    stages too) or a (BLOCK_M, BLOCK_N, BLOCK_K) tuple (Triton's default warps and stages), else FP32_CONFIG for
-    fp32 on a GPU."""
+    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch), after checking explicit blocks."""
     _check_blocks(blocks)
-    if isinstance(blocks, triton.Config):
-        return blocks.all_kwargs()
-    if blocks is not None:
-        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
-    if dtype == torch.float32 and not _INTERPRET:
-        return FP32_CONFIG.all_kwargs()
-    return None
+    return fixed_launch(dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET)
 
 
 def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
+from kernels.launch import fixed_launch
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -138,20 +139,8 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs of a launch that skips the autotuner, or None to autotune (bf16/fp16 on a GPU).
-
-    Explicit `blocks` win (tests): a triton.Config (its warps and stages too) or a (BLOCK_M, BLOCK_N, BLOCK_K)
-    tuple; the interpreter runs one fixed tile; fp32 on a GPU runs FP32_CONFIG with its warps and stages.
-    """
-    if isinstance(blocks, triton.Config):
-        return blocks.all_kwargs()
-    if blocks is not None:
-        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks))
-    if _INTERPRET:
-        return dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _INTERPRET_BLOCKS))
-    if dtype == torch.float32:
-        return FP32_CONFIG.all_kwargs()
-    return None
+    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch): the interpreter runs one fixed tile."""
+    return fixed_launch(dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET, _INTERPRET_BLOCKS)
 
 
 def _launch(epilogue, a, b, out, u, act, alpha, beta, part_alpha, part_beta, blocks, tuned):
