@@ -14,12 +14,14 @@ SMALL_MODEL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=
 
 
 
-def configs():
-    # warmdown and momentum warmup both straddle the resume point, and grad_accum 2 exercises the loader state
-    tcfg = get_train_config("tiny", steps=8, batch_tokens=4 * 32, grad_accum=2, warmdown_steps=5,
+def configs(preset: str = "tiny"):
+    # warmdown and momentum warmup both straddle the resume point, and grad_accum 2 exercises the loader state;
+    # the seed preset adds its warm-up, the bigram.scale gradient the checkpoint must carry and a bf16 tok_emb
+    tcfg = get_train_config(preset, steps=8, batch_tokens=4 * 32, grad_accum=2, warmdown_steps=5,
                             muon_momentum_warmup_steps=6, val_every=4, val_max_tokens=4 * 32, checkpoint_every=0,
-                            late_qat_threshold=0.5)
-    return tcfg, get_config("tiny", **SMALL_MODEL)
+                            late_qat_threshold=0.5, compile=False, **({"warmup_steps": 2} if preset == "seed" else {}))
+    model = {**SMALL_MODEL, "bigram_dim": 64} if preset == "seed" else SMALL_MODEL  # 64: a live bigram path
+    return tcfg, get_config("tiny", **model)
 
 
 def losses(out):
@@ -27,8 +29,9 @@ def losses(out):
     return {r["step"]: (r.get("train_loss"), r.get("val_loss")) for r in rows if "train_loss" in r}
 
 
-def test_resume_is_bit_identical(corpus, tmp_path):
-    tcfg, mcfg = configs()
+@pytest.mark.parametrize("preset", ["tiny", "seed"])
+def test_resume_is_bit_identical(corpus, tmp_path, preset):
+    tcfg, mcfg = configs(preset)
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_training(tcfg, mcfg, corpus, straight, progress=False)
     half = run_training(tcfg, mcfg, corpus, split, stop_at_step=4, progress=False)
@@ -41,7 +44,8 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     a = torch.load(straight / "checkpoint.pt", map_location="cpu", weights_only=True)
     b = torch.load(split / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert a["step"] == b["step"] == 8 and a["late_qat"] and b["late_qat"]
-    for key in ("model", "ema"):
+    assert set(a["orphan_grads"]) == ({"bigram.scale"} if preset == "seed" else set())
+    for key in ("model", "ema", "orphan_grads"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
     fa = torch.load(straight / "final_model.pt", map_location="cpu", weights_only=True)["model"]

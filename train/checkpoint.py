@@ -2,8 +2,10 @@
 
 A checkpoint holds everything a resumed run needs to continue bit-identically on CPU: the model config and the
 live weights ("config", "model", the same keys as a final model file, so quant and eval accept either), the EMA,
-both optimizers' states, the loader position, the step, the training time so far, the late-QAT flag and the torch
-RNG states (as uint8 tensors; the job uses no numpy or python randomness). Nothing in it needs pickle.
+both optimizers' states, the loader position, the step, the training time so far, whether late QAT has fired, the
+accumulated gradients of the parameters in no optimizer ("orphan_grads": PR #598's bigram.scale, train.warmup;
+absent in older checkpoints) and the torch RNG states (as uint8 tensors; the job uses no numpy or python
+randomness). Nothing in it needs pickle.
 
 Both kinds of file also carry "provenance" (train.provenance: tokenizer fingerprint, data identity) and
 "content_sha256", a sha256 over every value in the file (tensor bytes, in key order). torch's zip reader checks
@@ -121,7 +123,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path, *, model_config: dict, train_config: dict, model_state: dict, ema_state: dict,
                     optimizer_states: dict, loader_state: dict, step: int, train_time_ms: float,
-                    late_qat: bool, metrics: dict | None = None, provenance: dict | None = None) -> Path:
+                    late_qat: bool, metrics: dict | None = None, provenance: dict | None = None,
+                    orphan_grads: dict | None = None) -> Path:
     return sealed_save({
         "format": FORMAT,
         "config": model_config,
@@ -133,6 +136,7 @@ def save_checkpoint(path, *, model_config: dict, train_config: dict, model_state
         "step": int(step),
         "train_time_ms": float(train_time_ms),
         "late_qat": bool(late_qat),
+        "orphan_grads": {name: g.detach().cpu().clone() for name, g in (orphan_grads or {}).items()},
         "rng": rng_state(),
         "metrics": metrics or {},
         "provenance": provenance,
@@ -174,4 +178,7 @@ def read_model_file(path) -> ModelFile:
     if provenance is not None and not isinstance(provenance, dict):
         raise ValueError(f"{path}: 'provenance' is a {type(provenance).__name__}, not a dict")
     kind = "training checkpoint" if obj.get("format") == FORMAT else "model file"
+    if kind == "training checkpoint" and isinstance(obj.get("late_qat"), bool):  # its own record of late QAT
+        from train.provenance import LATE_QAT_KEY
+        provenance = {**(provenance or {}), LATE_QAT_KEY: obj["late_qat"]}
     return ModelFile(config, dict(state), provenance, kind)

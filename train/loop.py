@@ -2,7 +2,12 @@
 
 One optimizer step = `grad_accum` micro-steps per rank (DDP all-reduces only on the last), global grad-norm clip,
 Muon + AdamW steps, EMA update. A non-finite train loss stops the run before the optimizer touches the weights,
-so the last checkpoint on disk stays good. Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA
+so the last checkpoint on disk stays good. Before step 1 a fresh run makes the seed's warm-up steps (train.warmup).
+The gradient of bigram.scale (in no optimizer) sums over the warm-up and every step and counts toward the clip
+norm when tcfg.accumulate_bigram_scale_grad (PR #598's run), else it is cleared every step; checkpoints keep it.
+Late QAT fires once the LR multiplier drops below tcfg.late_qat_threshold; it fake-quantizes the training
+forwards only with tcfg.late_qat_in_training, and the final model records that it fired (train.provenance), which
+makes evaluation's TTT fake-quantize by default, as PR #598's did. Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA
 weights), loss_curve.png, and the run's figures as one JSON line on stdout.
 """
 from __future__ import annotations
@@ -16,7 +21,6 @@ from pathlib import Path
 import torch
 
 from model.config import ModelConfig
-from model.gpt import GPT
 from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
 from train.compiled import training_module, warm_up
 from train.config import TrainConfig
@@ -26,10 +30,12 @@ from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
 from train.distributed import DistContext, all_reduce_mean, setup_distributed, teardown_distributed
 from train.ema import EMA
 from train.logging_utils import MetricsLogger, plot_loss_curve, print_final
-from train.optim import build_optimizers
-from train.provenance import check_data, check_tokenizer, run_provenance
+from train.optim import orphan_parameters
+from train.provenance import LATE_QAT_KEY, check_data, check_tokenizer, run_provenance
 from train.schedule import lr_multiplier, muon_momentum
+from train.step import backward_micro_batches, build_training_model, build_training_optimizers
 from train.validation import evaluate
+from train.warmup import seed_warmup
 
 CHECKPOINT_NAME, METRICS_NAME, FINAL_MODEL_NAME, CURVE_NAME = (
     "checkpoint.pt", "metrics.jsonl", "final_model.pt", "loss_curve.png")
@@ -100,22 +106,17 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
 
     # ---- model, optimizers, EMA ----
-    torch.manual_seed(tcfg.seed)
-    model = GPT(mcfg).to(device)
-    # PR #598's bigram.scale gets a gradient (it counts toward the clip norm) but no optimizer updates it:
-    # turned trainable here, left out of the groups by train.optim.EXCLUDED_FROM_OPTIMIZERS.
-    model.bigram.scale.requires_grad_(True)
+    model = build_training_model(tcfg, mcfg, device)
+    orphans = orphan_parameters(model)  # bigram.scale: a gradient, no optimizer
     info(ctx, f"model_params:{model.num_params()} preset:{tcfg.model_preset} world_size:{world} "
-              f"grad_accum:{grad_accum} batch_tokens:{tcfg.batch_tokens} seq_len:{seq_len} device:{device}")
-    muon, adam = build_optimizers(
-        model, mcfg.num_encoder_layers, matrix_lr=tcfg.matrix_lr, scalar_lr=tcfg.scalar_lr, tok_lr=tcfg.tok_lr,
-        decoder_lr_mult=tcfg.decoder_lr_mult, muon_momentum=tcfg.muon_momentum, muon_wd=tcfg.muon_wd,
-        adam_wd=tcfg.adam_wd, adam_betas=(tcfg.adam_beta1, tcfg.adam_beta2), adam_eps=tcfg.adam_eps,
-        ns_steps=tcfg.ns_steps)
+              f"grad_accum:{grad_accum} batch_tokens:{tcfg.batch_tokens} seq_len:{seq_len} device:{device} "
+              f"tok_emb:{tcfg.tok_emb_dtype}")
+    muon, adam = build_training_optimizers(model, tcfg)
     ema = EMA(model, tcfg.ema_decay)
     step, train_time_ms = 0, 0.0
     ckpt_path = out_dir / CHECKPOINT_NAME
     last_good = None
+    late_qat_fired, orphan_grads = False, {}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -123,13 +124,17 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
         adam.load_state_dict(ckpt["optimizers"]["adamw"])
         loader.load_state_dict(ckpt["loader"])
         step, train_time_ms = int(ckpt["step"]), float(ckpt["train_time_ms"])
-        model.set_late_qat(bool(ckpt["late_qat"]))
+        late_qat_fired = bool(ckpt["late_qat"])
+        orphan_grads = ckpt.get("orphan_grads") or {}  # none in checkpoints written before it was kept
         set_rng_state(ckpt["rng"])
         last_good = (Path(resume), step)
         info(ctx, f"resumed from {resume} at step {step}")
         del ckpt
-    info(ctx, f"late_qat: {'on' if model.late_qat else 'off'} "
-              f"(threshold {tcfg.late_qat_threshold}: turns on when the LR multiplier drops below it; 0 = never)")
+    model.set_late_qat(late_qat_fired and tcfg.late_qat_in_training)
+    info(ctx, f"late_qat: {'fired' if late_qat_fired else 'not fired'} (threshold {tcfg.late_qat_threshold}: fires "
+              f"when the LR multiplier drops below it, 0 = never; training forwards fake-quantized once fired: "
+              f"{tcfg.late_qat_in_training}) | bigram.scale gradient: "
+              f"{'accumulates' if tcfg.accumulate_bigram_scale_grad else 'cleared every step'}")
 
     info(ctx, f"kernels: {mcfg.kernel_policy} | compile: {tcfg.compile}"
               + (f" ({compile_backend}, fullgraph{', inside DDP' if world > 1 else ''})" if tcfg.compile else ""))
@@ -138,6 +143,16 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     if tcfg.compile and step < tcfg.steps:  # the first call compiles: before the timed steps, reported apart
         compile_s = warm_up(train_model, model, (loader.local_tokens // seq_len, seq_len), device, autocast)
         info(ctx, f"compile: warm-up forward+backward {compile_s:.1f}s (not in train_time)")
+    if step == 0 and tcfg.warmup_steps > 0:
+        seconds = seed_warmup(tcfg.warmup_steps, train_model, model, [muon, adam], loader, grad_accum, world,
+                              autocast)
+        info(ctx, f"warmup: {tcfg.warmup_steps} steps {seconds:.1f}s, weights, optimizers and loader restored "
+                  f"(not in train_time)")
+    for name, grad in orphan_grads.items():  # a resumed run continues the gradient it had accumulated
+        orphans[name].grad = grad.to(device=device, dtype=orphans[name].dtype)
+    if not tcfg.accumulate_bigram_scale_grad:
+        for p in orphans.values():
+            p.grad = None
 
     logger = logger_factory(out_dir / METRICS_NAME, enabled=ctx.is_main, append=resume is not None)
     if resume is not None:
@@ -153,7 +168,8 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
                             model_state=model.state_dict(), ema_state=ema.state_dict(),
                             optimizer_states={"muon": muon.state_dict(), "adamw": adam.state_dict()},
                             loader_state=loader.state_dict(), step=at_step, train_time_ms=train_time_ms,
-                            late_qat=model.late_qat, provenance=provenance)
+                            late_qat=late_qat_fired, provenance=provenance,
+                            orphan_grads={name: p.grad for name, p in orphans.items() if p.grad is not None})
         if world > 1:
             torch.distributed.barrier()
 
@@ -171,10 +187,14 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     stopped_early = False
     while step < tcfg.steps:
         mult = lr_multiplier(step, tcfg.steps, tcfg.warmdown_steps, tcfg.warmdown_shape, train_time_ms, max_ms)
-        if 0 < mult < tcfg.late_qat_threshold and not model.late_qat:
-            model.set_late_qat(True)
-            info(ctx, f"late_qat: enabled at step {step} (lr multiplier {mult:.4f})")
-            logger.log(step=step, event="late_qat_enabled", lr_mult=mult)
+        if 0 < mult < tcfg.late_qat_threshold and not late_qat_fired:
+            late_qat_fired = True
+            model.set_late_qat(tcfg.late_qat_in_training)
+            info(ctx, f"late_qat: enabled at step {step} (lr multiplier {mult:.4f}); "
+                      + ("the training forwards fake-quantize from now on" if tcfg.late_qat_in_training else
+                         "training forwards unchanged, as in PR #598's run (its compiled graph never saw the flag); "
+                         "recorded for evaluation's TTT"))
+            logger.log(step=step, event="late_qat_enabled", lr_mult=mult, in_training=tcfg.late_qat_in_training)
         for opt in (muon, adam):
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * mult
@@ -183,29 +203,23 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
             group["momentum"] = mu
 
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = loader.next_batch()
-            last_micro = micro == grad_accum - 1
-            sync = train_model.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
-            with sync:
-                with autocast():
-                    loss = train_model(x, y)
-                (loss / grad_accum).backward()
-            loss_sum += loss.detach()
+        loss_sum = backward_micro_batches(train_model, loader, grad_accum, world, autocast)
         train_loss_value = all_reduce_mean(loss_sum / grad_accum, world).item()
         if not math.isfinite(train_loss_value):
             where = (f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good
                      else "no checkpoint had been written yet")
             raise TrainingDiverged(f"training diverged: train loss is {train_loss_value} at step {step + 1}; "
                                    f"stopped before the optimizer step, {where}")
+        grad_norm = None  # pre-clip global norm over every gradient, bigram.scale's included (as in PR #598)
         if tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         muon.step()
         adam.step()
         muon.zero_grad(set_to_none=True)
         adam.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)  # bigram.scale: in no optimizer
+        if not tcfg.accumulate_bigram_scale_grad:
+            for p in orphans.values():
+                p.grad = None
         ema.update(model)
         if on_cuda:
             torch.cuda.synchronize()
@@ -219,6 +233,8 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
         record = {"step": step, "train_loss": train_loss_value, "lr": tcfg.matrix_lr * mult, "lr_mult": mult,
                   "muon_momentum": mu, "tokens_per_s": tcfg.batch_tokens / (step_ms / 1000.0),
                   "train_time_ms": train_time_ms}
+        if grad_norm is not None:  # read after the step's sync: no extra wait
+            record["grad_norm"] = float(grad_norm)
         if (tcfg.val_every > 0 and step % tcfg.val_every == 0) or final:
             val_loss, val_bpb = validate()
             record.update(val_loss=val_loss, val_bpb=val_bpb)
@@ -242,12 +258,13 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
                "train_loss": train_loss_value, "val_loss": val_loss, "val_bpb": val_bpb,
                "train_time_s": train_time_ms / 1000.0,
                "tokens_per_s": tcfg.batch_tokens * step / max(train_time_ms / 1000.0, 1e-9),
-               "tokens_seen": tcfg.batch_tokens * step, "late_qat": model.late_qat, "compile_s": compile_s,
+               "tokens_seen": tcfg.batch_tokens * step, "late_qat": late_qat_fired, "compile_s": compile_s,
                "checkpoint": str(ckpt_path), "out_dir": str(out_dir)}
     if not stopped_early:
         final_state = ema.model_state(model)
         if ctx.is_main:
-            save_model_file(out_dir / FINAL_MODEL_NAME, mcfg.to_dict(), final_state, provenance)
+            save_model_file(out_dir / FINAL_MODEL_NAME, mcfg.to_dict(), final_state,
+                            {**provenance, LATE_QAT_KEY: late_qat_fired})
         model.load_state_dict(final_state)
         ema_val_loss, ema_val_bpb = validate()
         summary.update(ema_val_loss=ema_val_loss, ema_val_bpb=ema_val_bpb,

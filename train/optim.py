@@ -28,6 +28,14 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 # counts toward the clip norm as in the run, and this list is the only way a trainable parameter may skip the groups.
 EXCLUDED_FROM_OPTIMIZERS = ("bigram.scale",)
 
+
+
+def orphan_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters in EXCLUDED_FROM_OPTIMIZERS, by name: no optimizer's zero_grad clears their
+    gradient, so the training loop decides whether it accumulates (PR #598's run) or is cleared every step."""
+    return {name: p for name, p in model.named_parameters() if name in EXCLUDED_FROM_OPTIMIZERS}
+
+
 _BLOCK_MATRIX = re.compile(r"^blocks\.(\d+)\.(attn\.(q|k|v|o)|mlp\.(up|down))\.weight$")
 _BLOCK_OTHER = re.compile(r"^blocks\.(\d+)\.")
 

@@ -7,9 +7,14 @@ model files and artifacts, and checked where a mix-up would silently give wrong 
 - The data identity is the shard files' names and sizes and the val token count (from the shard headers: no
   token is read). A resumed run continues the loader's position in that stream, so resuming on other data
   would switch corpora mid-run: `python -m train --resume` refuses it.
+- One fact of the training itself, recorded in final model files (and a checkpoint's own "late_qat"): whether
+  late QAT fired (LATE_QAT_KEY). PR #598's late-QAT flag stayed on after training, so its TTT fake-quantized
+  every linear layer; `python -m eval` does the same by default for a model that records it (`recorded_late_qat`;
+  None for files written before it was recorded).
 Files written before provenance was recorded load with a warning line saying what could not be checked.
 An artifact's bytes count toward the 16,000,000-byte cap, so it keeps a compact form (`artifact_provenance`):
-the tokenizer fingerprint, a sha256 of the data identity and the val token count (~170 bytes, no paths).
+the tokenizer fingerprint, a sha256 of the data identity, the val token count and the late-QAT fact (~190
+bytes, no paths).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-TOKENIZER_KEY, DATA_KEY = "tokenizer_sha256", "data"
+TOKENIZER_KEY, DATA_KEY, LATE_QAT_KEY = "tokenizer_sha256", "data", "late_qat"
 
 
 class ProvenanceError(ValueError):
@@ -47,12 +52,23 @@ def run_provenance(data_dir, tokenizer_path) -> dict:
 
 def artifact_provenance(provenance: dict) -> dict:
     """The compact provenance an artifact's manifest keeps: no shard list, no path (see the module docstring)."""
-    compact = {key: provenance[key] for key in (TOKENIZER_KEY, "data_sha256", "val_tokens") if key in provenance}
+    compact = {key: provenance[key] for key in (TOKENIZER_KEY, "data_sha256", "val_tokens", LATE_QAT_KEY)
+               if key in provenance}
     identity = provenance.get(DATA_KEY)
     if isinstance(identity, dict):
         text = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
         compact.update(data_sha256=hashlib.sha256(text).hexdigest(), val_tokens=identity.get("val_tokens"))
     return compact
+
+
+def recorded_late_qat(provenance: dict | None) -> bool | None:
+    """Whether the model's training fired late QAT, as its file records it; None when it records nothing."""
+    value = (provenance or {}).get(LATE_QAT_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ValueError(f"provenance {LATE_QAT_KEY!r} is a {type(value).__name__}, expected true or false")
+    return value
 
 
 def warn(message: str) -> None:
