@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttt-warmup", type=unit_interval, default=0.0,
                    help="linear LR warmup over this fraction of chunks")
     p.add_argument("--ttt-batch-seqs", type=positive_int, default=32, help="sequences per TTT micro-batch")
-    p.add_argument("--ttt-qat", action="store_true", help="fake int6 STE quantization in TTT training forwards")
+    p.add_argument("--ttt-qat", action=argparse.BooleanOptionalAction, default=None,
+                   help="fake int6 STE quantization in the TTT training forwards (default: on when the model file "
+                        "records that late QAT fired in its training, as PR #598's TTT did; --no-ttt-qat: off)")
     p.add_argument("--ttt-detach-frozen", action="store_true",
                    help="run the frozen blocks under no_grad in TTT training (cheaper; the embeddings then get no "
                         "gradient through them: not PR 598's recipe)")
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as e:
         raise CLIError(f"{tokenizer_path} does not fit {args.model}: {e}") from e
     check_tokenizer(source.provenance, tokenizer_path, args.model)
+    ttt_qat, ttt_qat_from = resolve_ttt_qat(args.ttt_qat, source.provenance)
     window = args.window or cfg.seq_len
     check_settings(args, cfg, window, int(os.environ.get("WORLD_SIZE", "1")))
     rank, world, device = init_from_env(args.device)
@@ -195,15 +198,18 @@ def run(args: argparse.Namespace) -> dict:
     if args.ttt:
         config = TTTConfig(chunk_tokens=args.ttt_chunk, epochs=args.ttt_epochs, lr=args.ttt_lr,
                            momentum=args.ttt_momentum, freeze_blocks=args.ttt_freeze, grad_clip=args.ttt_clip,
-                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=args.ttt_qat,
+                           warmup_frac=args.ttt_warmup, batch_seqs=args.ttt_batch_seqs, qat=ttt_qat,
                            detach_frozen=args.ttt_detach_frozen)
     plan = make_plan(cfg, len(val_tokens) - 1, window=window, stride=args.stride, batch=args.batch,
                      seed_quirk=args.seed_quirk, world=world, sliding=not (args.ttt and args.skip_baseline), ttt=config)
     for line in plan.describe():
         say(line + (" (epochs: set by --ttt-budget-s once timed)" if args.ttt_budget_s and "TTT training" in line
                     else ""))
+    if args.ttt:
+        say(f"ttt fake-quant: {'on' if ttt_qat else 'off'} ({TTT_QAT_REASONS[ttt_qat_from]})")
     summary = {"model": str(args.model), "kind": kind, "window": window, "stride": args.stride,
-               "targets": len(val_tokens) - 1, "world_size": world, "plan": plan.to_dict()}
+               "seed_quirk": args.seed_quirk, "targets": len(val_tokens) - 1, "world_size": world,
+               "plan": plan.to_dict()}
     baseline = None
     if not (args.ttt and args.skip_baseline):
         baseline = evaluate(model, val_tokens, progress=progress, **common)
@@ -229,7 +235,8 @@ def run(args: argparse.Namespace) -> dict:
             f"trained {result['train_tokens_per_s']:,.0f} tok/s; {result['score_seconds']:.1f}s + "
             f"{result['train_seconds']:.1f}s; {result['trainable_params']:,} trainable params)")
         summary.update(val_loss=result["val_loss"], val_bpb=result["val_bpb"], post_ttt_val_bpb=result["val_bpb"],
-                       ttt={k: v for k, v in result.items() if k not in ("chunk_log", "val_loss", "val_bpb")})
+                       ttt={**{k: v for k, v in result.items() if k not in ("chunk_log", "val_loss", "val_bpb")},
+                            "qat_from": ttt_qat_from})
         if args.log and rank == 0:
             png = Path(args.log).with_suffix(".png")
             if plot_chunks(result["chunk_log"], png, baseline["val_bpb"] if baseline else None):
@@ -239,6 +246,25 @@ def run(args: argparse.Namespace) -> dict:
             write_json(summary, args.json)
         print(summary_line(summary))
     return summary
+
+
+TTT_QAT_REASONS = {
+    "flag": "as --ttt-qat / --no-ttt-qat says",
+    "model file": "the model file records whether late QAT fired in its training; PR #598's TTT fake-quantized "
+                  "when it had, and --ttt-qat / --no-ttt-qat override",
+    "not recorded": "the model file does not record whether late QAT fired (written before that was recorded); "
+                    "--ttt-qat gives PR #598's procedure for a model trained with late QAT",
+}
+
+
+def resolve_ttt_qat(flag: bool | None, provenance: dict | None) -> tuple[bool, str]:
+    """(fake-quantize the TTT training forwards?, where that came from: a key of TTT_QAT_REASONS)."""
+    from train.provenance import recorded_late_qat
+
+    if flag is not None:
+        return flag, "flag"
+    recorded = recorded_late_qat(provenance)
+    return (False, "not recorded") if recorded is None else (recorded, "model file")
 
 
 PROJECT_AFTER_CHUNK = 2  # the projected total is printed once this chunk is scored (chunk 0 carries compilation)

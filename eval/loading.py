@@ -7,7 +7,9 @@ dequantized to float); any other file must be a weights-only torch file holding 
 that config builds, so a damaged or hostile file cannot make the loader allocate more than the file holds. For
 an artifact the check runs on its manifest, before the payload is even decompressed. Weights must be finite.
 With `int6_kernel`, the int6 block matrices are also handed to their Linear layers (set_int6) so the forward
-runs the int6-dequant matmul on the packed weights instead of the float copies.
+runs the int6-dequant matmul on the packed weights instead of the float copies. A parameter the file holds in
+bf16 stays bf16 in the built model (`keep_stored_dtypes`): PR #598 trained, stored and test-time-trained its
+tok_emb in bf16 (train.config.TrainConfig.tok_emb_dtype), and an artifact restores each tensor's dtype.
 """
 from __future__ import annotations
 
@@ -88,6 +90,18 @@ def read_model_source(path: str | os.PathLike, *, int6_kernel: bool = False) -> 
     return ModelSource(cfg, state, int6, provenance, kind)
 
 
+def keep_stored_dtypes(model: torch.nn.Module, state: dict) -> list[str]:
+    """Store every parameter of `model` that `state` holds in bf16 in bf16 too (after load_state_dict, which
+    copies into the model's fp32 parameters); returns their names."""
+    names = []
+    for name, p in model.named_parameters():
+        stored = state.get(name)
+        if stored is not None and stored.dtype == torch.bfloat16 and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
+            names.append(name)
+    return names
+
+
 def build_model(source: ModelSource, *, device: str | torch.device = "cpu", backend: str | None = None,
                 int6_prefixes: tuple[str, ...] | None = None, where: str = "model"):
     """The GPT in eval mode on `device` for a checked source (its int6 matrices set where asked)."""
@@ -101,6 +115,7 @@ def build_model(source: ModelSource, *, device: str | torch.device = "cpu", back
         model.load_state_dict(source.state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{where}: weights do not fit the model its config describes ({e})") from e
+    keep_stored_dtypes(model, source.state)
     model.to(device)
     modules = dict(model.named_modules())
     for name, (packed, scales) in source.int6.items():

@@ -3,8 +3,9 @@
 Why: a TTT step on the seed model updates about 130 parameter tensors 18,920 times per evaluation. Handled
 tensor by tensor (zero_grad to None, torch.cat for the all-reduce and a copy back per tensor, a norm per tensor
 for the clip) that is hundreds of small kernels per step. Here every trainable parameter's .grad is a view into
-one flat fp32 buffer, so backward accumulates straight into it; zeroing, the cross-rank average (one
-all_reduce, no copies), the global-norm clip (one norm, one scale) and the fused SGD update are a handful of
+one flat buffer per parameter dtype (one fp32 buffer, plus a bf16 one when tok_emb is stored in bf16 as in
+PR #598), so backward accumulates straight into it; zeroing, the cross-rank average (one all_reduce per buffer,
+no copies), the global-norm clip (one norm per buffer, one scale) and the fused SGD update are a handful of
 launches, and none reads a value back to the host. `eval.accounting.ttt_step_kernel_ops` counts both paths.
 
 `FlatGradSGD(..., flat=False)` keeps the tensor-by-tensor path (torch.optim.SGD's default implementation,
@@ -26,17 +27,21 @@ class FlatGradSGD:
         self.params, self.grad_clip, self.flat = list(params), grad_clip, flat
         if not self.params:
             raise ValueError("TTT has no trainable parameters (every block frozen and nothing else trains?)")
-        self.buffer = None
+        self.buffers: list[torch.Tensor] = []
         if flat:
-            kinds = {(p.dtype, p.device) for p in self.params}
-            if len(kinds) != 1:
-                raise ValueError(f"the flat TTT step needs one dtype and device for every trainable tensor, got {kinds}")
-            self.buffer = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
-                                      device=self.params[0].device)
-            offset = 0
+            devices = {p.device for p in self.params}
+            if len(devices) != 1:
+                raise ValueError(f"the flat TTT step needs every trainable tensor on one device, got {devices}")
+            by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
             for p in self.params:
-                p.grad = self.buffer[offset:offset + p.numel()].view_as(p)  # backward adds into the buffer in place
-                offset += p.numel()
+                by_dtype.setdefault(p.dtype, []).append(p)
+            for dtype, params in by_dtype.items():
+                buffer = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+                offset = 0
+                for p in params:
+                    p.grad = buffer[offset:offset + p.numel()].view_as(p)  # backward adds into the buffer in place
+                    offset += p.numel()
+                self.buffers.append(buffer)
             self.optimizer = _fused_sgd(self.params, lr, momentum)
         else:
             self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
@@ -45,9 +50,14 @@ class FlatGradSGD:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        """The flat gradient buffer when every trainable tensor shares one dtype (None otherwise)."""
+        return self.buffers[0] if len(self.buffers) == 1 else None
+
     def zero_grad(self) -> None:
         if self.flat:
-            self.buffer.zero_()
+            torch._foreach_zero_(self.buffers)
         else:
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -61,28 +71,41 @@ class FlatGradSGD:
             return
         if is_distributed():
             import torch.distributed as dist
-            dist.all_reduce(self.buffer, op=dist.ReduceOp.AVG if _has_avg(self.buffer) else dist.ReduceOp.SUM)
-            if not _has_avg(self.buffer):
-                self.buffer.div_(dist.get_world_size())
+            for buffer in self.buffers:
+                dist.all_reduce(buffer, op=dist.ReduceOp.AVG if _has_avg(buffer) else dist.ReduceOp.SUM)
+                if not _has_avg(buffer):
+                    buffer.div_(dist.get_world_size())
         if self.grad_clip > 0:
-            norm = torch.linalg.vector_norm(self.buffer)
-            self.buffer.mul_(torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0))
+            if len(self.buffers) == 1:
+                norm = torch.linalg.vector_norm(self.buffers[0])
+            else:  # the norm over all buffers, each buffer's norm taken in fp32
+                norm = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(b, dtype=torch.float32) for b in self.buffers]))
+            scale = torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0)
+            for buffer in self.buffers:
+                buffer.mul_(scale)
         self.optimizer.step()
 
     def release(self) -> None:
         """Detach the gradient views from the parameters (the model leaves TTT without .grad tensors)."""
         for p in self.params:
             p.grad = None
-        self.buffer = None
+        self.buffers = []
 
 
 def _fused_sgd(params: list[torch.nn.Parameter], lr: float, momentum: float) -> torch.optim.Optimizer:
-    """SGD as one fused kernel per step where torch has one for the device (CUDA, CPU), else the foreach path."""
+    """SGD as one fused kernel per step where torch has one for the device (CUDA, CPU), else the foreach path.
+
+    Not the fused CPU kernel for bf16 parameters: on torch 2.13 it leaves the vectorized part of a bf16
+    parameter unchanged (a 16-element bf16 parameter does not move at all; tests/test_seed_preset.py)."""
+    device = params[0].device.type
     try:
         from torch.optim.optimizer import _get_fused_kernels_supported_devices
-        fused = params[0].device.type in _get_fused_kernels_supported_devices()
+        fused = device in _get_fused_kernels_supported_devices()
     except ImportError:  # pragma: no cover (older torch)
-        fused = params[0].device.type == "cuda"
+        fused = device == "cuda"
+    if device == "cpu" and any(p.dtype == torch.bfloat16 for p in params):
+        fused = False
     if fused:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True)
