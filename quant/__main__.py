@@ -19,7 +19,7 @@ from pathlib import Path
 
 from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, compress_body, encode_body,
                             stored_bytes, write_atomic)
-from quant.schemes import CLIP_MODES, DEFAULT_SCALE_FLOOR, quantize_state_dict
+from quant.schemes import CLIP_MODES, DEFAULT_CLIP, DEFAULT_SCALE_FLOOR, quantize_state_dict
 from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
 from train.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
                               positive_float, positive_int, run_cli)
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("model_file", help='a file holding {"config": ..., "model": state_dict} (model or checkpoint)')
     ap.add_argument("--out", required=True, help="artifact path to write (atomically)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists (even the model file)")
-    ap.add_argument("--clip", choices=CLIP_MODES, default="per-row",
+    ap.add_argument("--clip", choices=CLIP_MODES, default=DEFAULT_CLIP,
                     help="int6 clip search: best of 15 percentiles per row (default) or the seed's per-tensor 5")
     ap.add_argument("--int6-storage", choices=INT6_STORAGES, default=DEFAULT_INT6_STORAGE,
                     help="int6 values one per byte (int8) or bit-packed 4-in-3 bytes (packed)")

@@ -76,13 +76,16 @@ class RunFigures:
         window = int(self.eval.get("window", 0))
         updates = {"stride": int(self.eval.get("stride", settings.stride)),
                    "window": 0 if window == self.model_config.get("seq_len") else window,
-                   "ttt": "post_ttt_val_bpb" in self.eval}
-        ttt = (self.eval.get("ttt") or {}).get("ttt")
+                   "ttt": "post_ttt_val_bpb" in self.eval, "seed_quirk": bool(self.eval.get("seed_quirk", False))}
+        ttt_summary = self.eval.get("ttt") or {}
+        ttt = ttt_summary.get("ttt")
         if updates["ttt"] and ttt:
+            # fake-quant decided by the model's record ("auto") stays so; a flag's choice is kept as it was
+            qat = "auto" if ttt_summary.get("qat_from") in ("model file", "not recorded") else ttt["qat"]
             updates.update(ttt_chunk=ttt["chunk_tokens"], ttt_epochs=ttt["epochs"], ttt_lr=ttt["lr"],
                            ttt_momentum=ttt["momentum"], ttt_freeze=ttt["freeze_blocks"],
                            ttt_clip=ttt["grad_clip"], ttt_warmup=ttt["warmup_frac"],
-                           ttt_batch_seqs=ttt["batch_seqs"], ttt_qat=ttt["qat"])
+                           ttt_batch_seqs=ttt["batch_seqs"], ttt_qat=qat)
         return dataclasses.asdict(dataclasses.replace(settings, **updates))
 
 

@@ -38,6 +38,7 @@ CLIP_PERCENTILES_PER_ROW = (0.990, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9993, 0.
                             0.99993, 0.99995, 0.99997, 0.99999, 1.0)
 CLIP_PERCENTILES_PER_TENSOR = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 CLIP_MODES = ("per-row", "per-tensor")
+DEFAULT_CLIP = "per-row"
 DEFAULT_SCALE_FLOOR = 1.0 / 31.0
 INT8_MAX = 127
 SCHEMES = ("int6_per_row", "int8_per_tensor", "fp32", "fp16", "raw")
@@ -172,7 +173,7 @@ def quantize_tensor(name: str, tensor: torch.Tensor, clip: str = "per-row",
     return qt
 
 
-def quantize_state_dict(state_dict: dict[str, torch.Tensor], clip: str = "per-row",
+def quantize_state_dict(state_dict: dict[str, torch.Tensor], clip: str = DEFAULT_CLIP,
                         scale_floor: float = DEFAULT_SCALE_FLOOR) -> list[QuantizedTensor]:
     """Quantize every entry of a state dict, in sorted-name order (the artifact's deterministic order)."""
     if clip not in CLIP_MODES:

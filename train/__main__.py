@@ -6,6 +6,10 @@ $DATA_DIR. With --resume the model and training configs come from the checkpoint
 are refused), the data must be given again (--data or $DATA_DIR) and be the data the checkpoint was trained on,
 and the run continues in --out (default: the checkpoint's directory).
 
+`--print-config` prints the resolved configuration beside PR #598's run (train.seed_run) and exits: with
+`--preset seed` and no other flag every training and model value is the seed's run command's, apart from the
+deviations the README lists.
+
 An --out folder that already holds a run (checkpoint, final model, metrics) is refused unless --overwrite is
 given or the run is resumed there. Every argument and path is checked before training starts; errors are one
 line (train.cli_errors); Ctrl-C names the checkpoint to resume from; a non-finite figure exits with status 1.
@@ -48,7 +52,15 @@ TRAIN_FLAGS = {
     "tok_lr": (nonnegative_float, "AdamW learning rate of the token embedding"),
     "decoder_lr_mult": (positive_float, "LR multiplier of the decoder half's matrices"),
     "muon_momentum_warmup_steps": (nonnegative_int, "steps over which Muon's momentum ramps to its final value"),
-    "late_qat_threshold": (unit_interval, "fake int6 QAT once the LR multiplier drops below this (0: never)"),
+    "late_qat_threshold": (unit_interval, "late QAT fires once the LR multiplier drops below this (0: never)"),
+    "late_qat_in_training": (bool, "once late QAT fired, fake-quantize the training forwards (seed: no, its "
+                                   "compiled graph never saw the flag; either way TTT fake-quantizes by default)"),
+    "warmup_steps": (nonnegative_int, "the seed's warm-up: N real steps on the first batches, then weights, "
+                                      "optimizers and loader restored (seed: 20)"),
+    "accumulate_bigram_scale_grad": (bool, "never clear bigram.scale's gradient (in no optimizer): it sums over "
+                                           "the warm-up and every step and counts toward the clip norm, as in "
+                                           "PR #598 (seed preset); --no-accumulate-bigram-scale-grad clears it"),
+    "tok_emb_dtype": (str, "storage dtype of tok_emb: bfloat16 (the seed's) or float32"),
     "seed": (int, "torch seed of the model init and data-independent randomness"),
 }
 
@@ -88,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar (also off when stderr is not a terminal)")
     p.add_argument("--cpu-threads", type=positive_int,
                    help="torch.set_num_threads (CPU runs on a busy machine: 1 is often fastest)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration beside PR #598's run command's values, then exit")
     for name, (kind, text) in TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
+        if kind is bool:
+            p.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
+                           dest=name, help=text)
+        else:
+            p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
     return p
 
 
@@ -210,6 +228,10 @@ def run(args, state: dict) -> int:
         torch.set_num_threads(args.cpu_threads)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     tcfg, mcfg = configs_from_checkpoint(args, ckpt) if ckpt is not None else configs_from_args(args)
+    if args.print_config:
+        from train.seed_run import print_config
+        print_config(tcfg, mcfg, args.preset if ckpt is None else f"{tcfg.model_preset} (from {args.resume})")
+        return 0
     data_dir = resolve_data_dir(args, tcfg.model_preset, ckpt)
     del ckpt
     if args.tokenizer:

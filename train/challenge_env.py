@@ -34,13 +34,19 @@ EVAL_VARS = {  # the whole list: eval fields have no upper-cased names (STRIDE o
     "TTT_ENABLED": "ttt", "TTT_CHUNK_TOKENS": "ttt_chunk", "TTT_EPOCHS": "ttt_epochs", "TTT_LR": "ttt_lr",
     "TTT_FREEZE_BLOCKS": "ttt_freeze", "TTT_MOMENTUM": "ttt_momentum", "TTT_GRAD_CLIP": "ttt_clip",
     "TTT_WARMUP_FRAC": "ttt_warmup", "TTT_BATCH_SEQS": "ttt_batch_seqs", "TTT_QAT": "ttt_qat",
+    "EVAL_SEED_QUIRK": "seed_quirk",
 }
+TTT_QAT_SETTINGS = {"auto": "auto", "on": "on", "1": "on", "true": "on", "off": "off", "0": "off", "false": "off"}
 NOT_SETTABLE = {"model_preset"}  # a label of where the defaults came from, not a hyperparameter
 
 
 @dataclass
 class EvalSettings:
-    """Final evaluation of the artifact: sliding window, optionally legal score-first TTT (`python -m eval` flags)."""
+    """Final evaluation of the artifact: sliding window, optionally legal score-first TTT (`python -m eval` flags).
+
+    `ttt_qat`: "auto" (fake-quantize the TTT training forwards when the model records that late QAT fired, as
+    PR #598 did), "on" or "off" (TTT_QAT=auto|1|0); saved settings holding a bool read as "on" / "off".
+    `seed_quirk`: score PR #598's duplicated tail windows (eval.windows), for exact parity with its figures."""
     stride: int = 64
     window: int = 0          # 0: the model's seq_len
     batch: int = 32
@@ -54,7 +60,14 @@ class EvalSettings:
     ttt_clip: float = 1.0
     ttt_warmup: float = 0.0
     ttt_batch_seqs: int = 32
-    ttt_qat: bool = False
+    ttt_qat: str = "auto"
+    seed_quirk: bool = False
+
+    def __post_init__(self):
+        key = str(self.ttt_qat).strip().lower()  # True / False from settings saved before "auto" existed
+        if key not in TTT_QAT_SETTINGS:
+            raise ValueError(f"TTT_QAT={self.ttt_qat!r}: expected auto, 1 or 0")
+        self.ttt_qat = TTT_QAT_SETTINGS[key]
 
     def eval_argv(self) -> list[str]:
         """These settings as `python -m eval` flags."""
@@ -63,13 +76,15 @@ class EvalSettings:
             argv += ["--window", str(self.window)]
         if self.max_tokens:
             argv += ["--max-tokens", str(self.max_tokens)]
+        if self.seed_quirk:
+            argv.append("--seed-quirk")
         if self.ttt:
             argv += ["--ttt", "--ttt-chunk", str(self.ttt_chunk), "--ttt-epochs", str(self.ttt_epochs),
                      "--ttt-lr", repr(self.ttt_lr), "--ttt-freeze", str(self.ttt_freeze),
                      "--ttt-momentum", repr(self.ttt_momentum), "--ttt-clip", repr(self.ttt_clip),
                      "--ttt-warmup", repr(self.ttt_warmup), "--ttt-batch-seqs", str(self.ttt_batch_seqs)]
-            if self.ttt_qat:
-                argv.append("--ttt-qat")
+            if self.ttt_qat != "auto":
+                argv.append("--ttt-qat" if self.ttt_qat == "on" else "--no-ttt-qat")
         return argv
 
 
