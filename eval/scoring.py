@@ -17,7 +17,6 @@ caches filled lazily) cannot later be saved for backward, which would break TTT 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from eval.distributed import rank_and_world
+from kernels.autocast import autocast_for  # noqa: F401  (eval.ttt and eval.budget import it from here)
 from eval.legality import LegalityGuard
 from eval.totals import ScoreAccumulator, ScoreTotals
 from eval.windows import WindowPlan, contiguous_share, plan_windows
@@ -40,13 +40,6 @@ def model_seq_len(model: torch.nn.Module) -> int:
     if cfg is None or not hasattr(cfg, "seq_len"):
         raise ValueError("cannot infer the window from the model (no cfg.seq_len); pass window= explicitly")
     return int(cfg.seq_len)
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (as in the seed run); plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def stream_target_bytes(val_tokens: torch.Tensor, luts) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autocast import cast_to_one_dtype
 from kernels.rope import qk_norm_rope, rotate_half_split  # noqa: F401  (attention family re-exports)
 from kernels.xsa import XSA_EPS, exclusive_projection, xsa_unit  # noqa: F401
 
@@ -283,7 +284,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xsa: bool = Fal
     """Causal GQA attention (B, T, Hq, D), scale 1/sqrt(D), optionally XSA: the twin of reference.attention.
 
     fuse_xsa=False runs XSA as the separate pass (kernels/xsa.py); dq_mode selects the backward's dQ path.
+    Under autocast q, k, v are cast to the autocast dtype (kernels.autocast's rule).
     """
+    q, k, v = cast_to_one_dtype(q, k, v)
     check_qkv(q, k, v)
     check_dq_mode(dq_mode)
     fused = xsa and fuse_xsa

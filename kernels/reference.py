@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.autocast import autocast_dtype, cast_for_autocast, cast_to_one_dtype
+
 
 def rms_norm(x: torch.Tensor, scale: float = 1.0, eps: float | None = None) -> torch.Tensor:
-    """Weightless RMSNorm over the last dim, times a constant `scale` (the layer's LN-scale factor)."""
-    y = F.rms_norm(x, (x.size(-1),), eps=eps)
+    """Weightless RMSNorm over the last dim, times a constant `scale` (the layer's LN-scale factor), in x's dtype
+    (CUDA's autocast computes F.rms_norm in fp32; the result comes back to x's dtype, as the kernel's does)."""
+    y = F.rms_norm(x, (x.size(-1),), eps=eps).to(x.dtype)
     return y * scale if scale != 1.0 else y
 
 
@@ -48,8 +51,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xsa: bool = Fal
     q: (B, T, Hq, D); k, v: (B, T, Hkv, D) with Hq a multiple of Hkv; query head h reads KV head
     h // (Hq // Hkv) (the repeat_interleave convention). With `xsa`, each head's output y has its
     component along the token's own unit value vector removed: y - <y, v_hat> v_hat.
-    Returns (B, T, Hq, D).
+    Under autocast q, k, v are cast to the autocast dtype (kernels.autocast). Returns (B, T, Hq, D).
     """
+    q, k, v = cast_to_one_dtype(q, k, v)
     B, T, Hq, D = q.shape
     Hkv = k.size(2)
     group = Hq // Hkv
@@ -62,17 +66,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xsa: bool = Fal
 
 
 def exclusive_projection(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """XSA epilogue: remove from each head's output its component along the token's own value direction."""
+    """XSA epilogue: remove from each head's output its component along the token's own value direction.
+
+    y and v are cast to one dtype for autocast; the result is in that dtype (CUDA's autocast runs the norm in
+    fp32, and the result comes back, as the kernel's does)."""
+    y, v = cast_to_one_dtype(y, v)
+    out_dtype = y.dtype
     B, T, Hq, D = y.shape
     Hkv = v.size(2)
     yg = y.reshape(B, T, Hkv, Hq // Hkv, D)
     v_hat = F.normalize(v, dim=-1, eps=1e-12).unsqueeze(3)
     yg = yg - (yg * v_hat).sum(-1, keepdim=True) * v_hat
-    return yg.reshape(B, T, Hq, D)
+    return yg.reshape(B, T, Hq, D).to(out_dtype)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Bias-free linear layer, weight cast to the activation dtype (fp32 storage, bf16 compute under autocast)."""
+    x = cast_for_autocast(x)
     return F.linear(x, weight.to(x.dtype))
 
 
@@ -80,7 +90,7 @@ def relu2_mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
               alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """The seed's MLP: down( relu(up(x))^2 * alpha + beta ). alpha, beta: (hidden,)."""
     u = linear(x, w_up)
-    a = torch.relu(u).square() * alpha.to(u.dtype) + beta.to(u.dtype)
+    a = torch.relu(u).square() * alpha.to(u.dtype) + beta.to(u.dtype)  # fp32 on CUDA autocast (pow's policy)
     return linear(a, w_down)
 
 
@@ -90,6 +100,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
 
     x: (..., d) final normed hidden states; weight: (vocab, d); logits = softcap * tanh(x W^T / softcap).
     """
+    x = cast_for_autocast(x)
     logits = F.linear(x, weight.to(x.dtype)).float()
     logits = softcap * torch.tanh(logits / softcap)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
@@ -102,6 +113,7 @@ def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
 
     q = unpack_int6(packed, in_features)
     w = q.to(torch.float32) * scales.to(torch.float32)[:, None]
+    x = cast_for_autocast(x)
     return F.linear(x, w.to(x.dtype))
 
 
@@ -129,7 +141,5 @@ def residual_norm(x: torch.Tensor, scale: float = 1.0, *, branch: torch.Tensor |
     if mix is not None:
         m = mix.to(x.dtype)
         h = m[0] * h + m[1] * x0
-    n = rms_norm(h, scale, eps)
-    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # meta: no autocast (FLOP counting)
-        n = n.to(torch.get_autocast_dtype(x.device.type))
+    n = rms_norm(h, scale, eps).to(autocast_dtype(h))
     return (r, h, n) if keep_residual else (h, n)

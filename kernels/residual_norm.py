@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autocast import autocast_dtype
 from kernels.rmsnorm import default_eps
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -377,9 +378,7 @@ def residual_norm(x: torch.Tensor, scale: float = 1.0, *, branch: torch.Tensor |
             or (x0 is None) != (mix is None) or (skip is not None and skip_gate is None):
         raise ValueError("residual_norm: branch needs branch_scale, skip_gate needs skip_weight, x0 needs mix, "
                          "and skip needs skip_gate")
-    device = x.device.type
-    autocast = device != "meta" and torch.is_autocast_enabled(device)  # meta (FLOP and launch counts): none
-    out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+    out_dtype = autocast_dtype(x)
     r, h, n, _ = torch.ops.triton_golf.residual_norm(
         x, branch, branch_scale, skip, skip_gate, skip_weight, x0, mix, float(scale),
         float(default_eps(x.dtype) if eps is None else eps), skip_gate is not None and skip is None,

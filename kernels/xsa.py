@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.autocast import cast_to_one_dtype
+
 XSA_EPS = 1e-12  # F.normalize's eps in the twin
 XSA_BLOCK_ROWS = 64 if os.environ.get("TRITON_INTERPRET") == "1" else 16  # the interpreter pays per program
 
@@ -167,6 +169,8 @@ _xsa_op.register_autograd(_xsa_backward, setup_context=_xsa_setup_context)
 
 
 def exclusive_projection(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """XSA epilogue (B, T, Hq, D): the twin of reference.exclusive_projection."""
+    """XSA epilogue (B, T, Hq, D): the twin of reference.exclusive_projection (y, v cast to one dtype for
+    autocast, kernels.autocast's rule)."""
+    y, v = cast_to_one_dtype(y, v)
     check_xsa(y, v)
     return _xsa_op(y, v)

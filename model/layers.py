@@ -3,7 +3,10 @@
 Three ways to run, decided per call:
   - int6 weights set (`set_int6`, evaluation of a quantized artifact): ops.int6_linear(x, packed, scales, K);
   - `fake_quant` on and the module in train mode (late QAT, TTT adaptation): ops.linear on the STE
-    fake-quantized weight (model.qat);
+    fake-quantized weight (model.qat). The switch is a tensor the compiled graph reads (`qat_on`), so turning
+    late QAT on mid-run changes no guard and recompiles nothing: a compiled train-mode forward always blends
+    w + qat_on * (snapped w - w).detach(), exactly w when off (one fused elementwise pass per weight); eager runs
+    branch on the host-side flag and skip the fake-quant while it is off;
   - otherwise ops.linear(x, weight), the weight cast to the activation dtype (bf16 under autocast).
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from kernels.ops import get_ops
-from model.qat import fake_quant_int6
+from model.qat import fake_quant_delta, fake_quant_int6
 from quant.pack import packed_row_bytes
 
 
@@ -22,8 +25,9 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.zero_init = zero_init  # read by GPT's global init (seed-spec §3.10)
-        self.fake_quant = False
         self.ops = get_ops(backend)
+        self._fake_quant = False  # host-side mirror of qat_on: read without a device sync
+        self.register_buffer("qat_on", torch.zeros(()), persistent=False)
         self.register_buffer("int6_packed", None, persistent=False)
         self.register_buffer("int6_scales", None, persistent=False)
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default; GPT's init overrides it
@@ -48,11 +52,24 @@ class Linear(nn.Module):
         self.int6_packed = None
         self.int6_scales = None
 
+    @property
+    def fake_quant(self) -> bool:
+        """Whether train-mode forwards fake-quantize the weight (late QAT, TTT with fake-quant)."""
+        return self._fake_quant
+
+    @fake_quant.setter
+    def fake_quant(self, enabled: bool) -> None:
+        self._fake_quant = bool(enabled)
+        with torch.no_grad():
+            self.qat_on.fill_(float(self._fake_quant))
+
     def effective_weight(self) -> torch.Tensor:
         """The float weight the matmul uses: fake-quantized when late QAT is on in train mode."""
-        if self.fake_quant and self.training:
-            return fake_quant_int6(self.weight)
-        return self.weight
+        if not self.training:
+            return self.weight
+        if torch.compiler.is_compiling():  # read the switch as data: no recompile when it flips
+            return self.weight + self.qat_on.to(self.weight.dtype) * fake_quant_delta(self.weight)
+        return fake_quant_int6(self.weight) if self._fake_quant else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.has_int6:

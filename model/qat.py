@@ -16,10 +16,15 @@ def int6_row_scales(w: torch.Tensor) -> torch.Tensor:
     return (w.detach().float().abs().amax(dim=1, keepdim=True) / INT6_MAX).clamp_min(SCALE_FLOOR)
 
 
-def fake_quant_int6(w: torch.Tensor) -> torch.Tensor:
-    """w snapped to the per-row int6 grid in the forward pass; the gradient passes straight through to w."""
+def fake_quant_delta(w: torch.Tensor) -> torch.Tensor:
+    """(snapped w - w), detached: what the int6 grid moves each weight by in the forward pass."""
     if w.dim() != 2:
         raise ValueError(f"fake_quant_int6 expects a 2-D weight, got shape {tuple(w.shape)}")
     scale = int6_row_scales(w)
     q = torch.clamp(torch.round(w.detach().float() / scale), INT6_MIN, INT6_MAX) * scale
-    return w + (q.to(w.dtype) - w).detach()
+    return (q.to(w.dtype) - w).detach()
+
+
+def fake_quant_int6(w: torch.Tensor) -> torch.Tensor:
+    """w snapped to the per-row int6 grid in the forward pass; the gradient passes straight through to w."""
+    return w + fake_quant_delta(w)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.autocast import autocast_for
 from quant.artifact import DEFAULT_LEVEL, compress_body, encode_body, write_atomic
 from quant.schemes import quantize_state_dict
 from quant.size import size_summary
@@ -83,8 +84,6 @@ def write_artifact(s: ChallengeSettings, code_path, log: ChallengeLog) -> dict:
 
 def roundtrip_score(s: ChallengeSettings, ctx, log: ChallengeLog) -> dict:
     """Val score of the re-read artifact on the training val's tokens (non-overlapping, as in training)."""
-    import contextlib
-
     from eval.loading import load_model
     from train.data.shards import load_validation_tokens
     from train.data.tokenizer import build_byte_luts, load_tokenizer
@@ -96,8 +95,7 @@ def roundtrip_score(s: ChallengeSettings, ctx, log: ChallengeLog) -> dict:
         keep = max(min(s.train.val_max_tokens, tokens.numel() - 1) // cfg.seq_len, 1) * cfg.seq_len
         tokens = tokens[:keep + 1]
     luts = build_byte_luts(load_tokenizer(s.tokenizer_path), cfg.vocab_size)
-    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if ctx.device.type == "cuda"
-                else contextlib.nullcontext)
+    autocast = functools.partial(autocast_for, ctx.device)
     t0 = time.perf_counter()
     val_loss, val_bpb = evaluate(model, tokens, cfg.seq_len, luts, s.train.val_batch_seqs, ctx.device, autocast,
                                  ctx.rank, ctx.world_size)

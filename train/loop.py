@@ -13,6 +13,7 @@ weights), loss_curve.png, and the run's figures as one JSON line on stdout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.autocast import autocast_for
 from model.config import ModelConfig
 from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
 from train.compiled import training_module, warm_up
@@ -103,7 +105,7 @@ def _train(ctx, tcfg, mcfg, data_dir, out_dir, tokenizer_path, resume, stop_at_s
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
+    autocast = functools.partial(autocast_for, device)
 
     # ---- model, optimizers, EMA ----
     model = build_training_model(tcfg, mcfg, device)
