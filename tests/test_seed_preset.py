@@ -15,6 +15,13 @@ from train.data.loader import DistributedTokenLoader
 from train.loop import run_training
 from train.step import build_training_model, build_training_optimizers
 
+from test_cuda_autocast import POLICIES
+
+# the GPU's default training policy (compiled: Triton + Inductor families) and the eager one; the not-compiled
+# CUDA policy differs only in families tests/test_cuda_autocast.py already runs (each Triton case is ~20 s here)
+CUDA_POLICIES = [p for p in POLICIES if p[0] in ("cuda-compiled-default", "eager")]
+CUDA_POLICY_IDS = [p[0] for p in CUDA_POLICIES]
+
 # the tiny architecture at CPU-test size; bigram_dim 64 keeps the bigram projection orthogonal (below 64 the
 # seed zero-inits it, and a zero projection over a zero table would leave bigram.scale without any gradient)
 SMALL_MODEL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=32, bigram_dim=64, ve_dim=32)
@@ -211,6 +218,11 @@ def test_presets_and_saved_configs():
             seed.late_qat_in_training) == (20, True, "bfloat16", 0.15, False)
     assert (tiny.warmup_steps, tiny.accumulate_bigram_scale_grad, tiny.tok_emb_dtype,
             tiny.late_qat_threshold) == (0, False, "float32", 0.0)
+    # late QAT fires where PR #598's log says it did: `late_qat:enabled step:6476 scale:0.1497`
+    from train.schedule import lr_multiplier
+    fires = next(s for s in range(seed.steps) if 0 < lr_multiplier(s, seed.steps, seed.warmdown_steps)
+                 < seed.late_qat_threshold)
+    assert fires == 6476 and lr_multiplier(fires, seed.steps, seed.warmdown_steps) == pytest.approx(0.1497, abs=1e-4)
     # a config saved before these fields existed resumes as that code trained
     old = {k: v for k, v in seed.to_dict().items() if k not in LEGACY_VALUES}
     assert TrainConfig.from_dict(old) == TrainConfig(**{**old, **LEGACY_VALUES})
@@ -250,3 +262,28 @@ def test_ttt_sgd_moves_bf16_parameters_on_the_cpu():
     step.step()
     assert torch.all(p.detach() == torch.tensor(0.005 - 0.5 * 0.04, dtype=torch.bfloat16))
     assert torch.allclose(q.detach(), torch.full((3,), 0.5))
+
+
+@pytest.mark.parametrize("name,backend,kernels,dtype", CUDA_POLICIES, ids=CUDA_POLICY_IDS)
+def test_seed_behaviours_under_cuda_autocast(name, backend, kernels, dtype, corpus, tmp_path):
+    """The seed preset's training (bf16 tok_emb, warm-up, orphan gradient, late QAT firing) and its default
+    evaluation (TTT with fake-quant, bf16 tok_emb kept) under CUDA's autocast dtypes, for every CUDA policy."""
+    from cuda_autocast import cuda_autocast_policy
+    from eval.loading import build_model, read_model_source
+    from eval.ttt import TTTConfig, ttt_evaluate
+
+    tcfg, _ = seed_configs(steps=2, warmup_steps=1, warmdown_steps=2, late_qat_threshold=0.9, accum_total=1,
+                           batch_tokens=2 * 32, val_max_tokens=32)
+    mcfg = get_config("tiny", **SMALL_MODEL, num_heads=2, num_kv_heads=1, backend=backend, kernels=kernels)
+    with cuda_autocast_policy(dtype):
+        summary = run_training(tcfg, mcfg, corpus, tmp_path / "run", progress=False)
+        final = read_model_file(tmp_path / "run" / "final_model.pt")
+        model, _ = build_model(read_model_source(tmp_path / "run" / "final_model.pt"))
+        g = torch.Generator().manual_seed(2)
+        tokens = torch.randint(0, 1024, (1 + 2 * 64,), generator=g)
+        nbytes = torch.randint(1, 4, (2 * 64,), generator=g)
+        post = ttt_evaluate(model, tokens, target_bytes=nbytes, stride=16, batch=4,
+                            config=TTTConfig(chunk_tokens=64, epochs=1, lr=0.05, qat=True))
+    assert summary["late_qat"] and all(0 < summary[k] < 10 for k in ("train_loss", "val_loss", "ema_val_loss"))
+    assert final.state["tok_emb.weight"].dtype == torch.bfloat16 and final.provenance["late_qat"] is True
+    assert model.tok_emb.weight.dtype == torch.bfloat16 and 0 < post["val_bpb"] < 20

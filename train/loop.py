@@ -7,12 +7,12 @@ The gradient of bigram.scale (in no optimizer) sums over the warm-up and every s
 norm when tcfg.accumulate_bigram_scale_grad (PR #598's run), else it is cleared every step; checkpoints keep it.
 Late QAT fires once the LR multiplier drops below tcfg.late_qat_threshold; it fake-quantizes the training
 forwards only with tcfg.late_qat_in_training, and the final model records that it fired (train.provenance), which
-makes evaluation's TTT fake-quantize by default, as PR #598's did. Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA
-weights), loss_curve.png, and the run's figures as one JSON line on stdout.
+makes evaluation's TTT fake-quantize by default, as PR #598's did.
+Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA weights), loss_curve.png, and the run's figures
+as one JSON line on stdout.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import sys
