@@ -16,7 +16,10 @@ FLOPs); after the third TTT chunk, the projected total time. `--ttt-budget-s S` 
 step on random tokens first and runs the largest epoch count (at most --ttt-max-epochs) whose projected total,
 counted from the start of the command, fits S seconds, and says which. Forwards are compiled by default on CUDA
 (--no-compile to run them eagerly); with --int6-kernel, int6 matrices take the kernel only for small row counts
-and cached dense weights otherwise (eval.int6_cache).
+and cached dense weights otherwise (eval.int6_cache). TTT's training forwards fake-quantize (int6 STE) when the
+model file or artifact records that late QAT fired in its training, which is PR #598's procedure (its late-QAT
+flag stayed on through its TTT); --ttt-qat / --no-ttt-qat decide it instead, and the line before the first
+window says which and why.
 """
 from __future__ import annotations
 

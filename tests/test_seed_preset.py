@@ -164,7 +164,7 @@ def test_seed_preset_keeps_tok_emb_in_bf16_from_training_to_ttt(corpus, tmp_path
     assert not torch.equal(before, model.tok_emb.weight)  # TTT trained it, in bf16
 
 
-def test_late_qat_fires_records_itself_and_leaves_the_training_forwards_alone(corpus, tmp_path):
+def test_late_qat_fires_records_itself_and_leaves_the_training_forwards_alone(corpus, tmp_path, capsys):
     """Seed preset: late QAT fires below the threshold (logged, recorded in checkpoint, model file and artifact)
     but, as in PR #598's run, the training forwards are not fake-quantized: the weights equal a run where it
     never fires. Evaluation then turns TTT's fake-quant on by default; --no-ttt-qat turns it off."""
@@ -190,6 +190,14 @@ def test_late_qat_fires_records_itself_and_leaves_the_training_forwards_alone(co
     assert resolve_ttt_qat(None, never[1].provenance) == (False, "model file")
     old = {k: v for k, v in fired[1].provenance.items() if k != "late_qat"}  # written before it was recorded
     assert resolve_ttt_qat(None, old) == (False, "not recorded")
+    # the eval CLI on that artifact: TTT fake-quantizes by default, says why, and records where it came from
+    from eval.__main__ import main as eval_main
+    cli = [str(tmp_path / "fired.tgz"), "--data", str(corpus), "--stride", "16", "--batch", "4", "--max-tokens",
+           "128", "--ttt", "--ttt-chunk", "64", "--ttt-epochs", "1", "--skip-baseline", "--no-progress"]
+    for extra, want in (([], (True, "model file")), (["--no-ttt-qat"], (False, "flag"))):
+        summary = eval_main(cli + extra)
+        assert (summary["ttt"]["ttt"]["qat"], summary["ttt"]["qat_from"]) == want
+    assert "ttt fake-quant: on (the model file records" in capsys.readouterr().out
 
     # and with late_qat_in_training (tiny's default) the fired flag does fake-quantize the training forwards
     tcfg, mcfg = seed_configs(steps=4, warmdown_steps=4, late_qat_threshold=0.5, late_qat_in_training=True)
