@@ -256,6 +256,8 @@ def test_bundle_defaults_carry_the_seed_behaviour(monkeypatch):
     assert EvalSettings(ttt_qat=True).ttt_qat == "on" and EvalSettings(ttt_qat=False).ttt_qat == "off"
     with pytest.raises(ValueError, match="TTT_QAT"):
         settings_from_env(defaults, {"TTT_QAT": "maybe"})
+    with pytest.raises(ValueError, match="tok_emb_dtype"):
+        settings_from_env(defaults, {"TOK_EMB_DTYPE": "float16"})
 
 
 def test_ttt_sgd_moves_bf16_parameters_on_the_cpu():

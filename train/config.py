@@ -65,6 +65,12 @@ class TrainConfig:
     seed: int = 42
     compile: bool = False                # torch.compile the model (GPU runs)
 
+    def __post_init__(self):
+        if self.tok_emb_dtype not in TOK_EMB_DTYPES:
+            raise ValueError(f"tok_emb_dtype must be one of {TOK_EMB_DTYPES}, got {self.tok_emb_dtype!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -110,8 +116,4 @@ def get_train_config(preset: str = "seed", **overrides) -> TrainConfig:
     cfg = config_from_preset(TrainConfig, TRAIN_PRESETS, preset, overrides, "training")
     if cfg.warmdown_shape not in ("linear", "cosine"):
         raise ValueError(f"warmdown_shape must be 'linear' or 'cosine', got {cfg.warmdown_shape!r}")
-    if cfg.tok_emb_dtype not in TOK_EMB_DTYPES:
-        raise ValueError(f"tok_emb_dtype must be one of {TOK_EMB_DTYPES}, got {cfg.tok_emb_dtype!r}")
-    if cfg.warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     return cfg
