@@ -96,15 +96,16 @@ class FlatGradSGD:
 def _fused_sgd(params: list[torch.nn.Parameter], lr: float, momentum: float) -> torch.optim.Optimizer:
     """SGD as one fused kernel per step where torch has one for the device (CUDA, CPU), else the foreach path.
 
-    Not the fused CPU kernel for bf16 parameters: on torch 2.13 it leaves the vectorized part of a bf16
-    parameter unchanged (a 16-element bf16 parameter does not move at all; tests/test_seed_preset.py)."""
+    The foreach path (PR #598's own SGD) whenever a parameter is bf16 (the seed's tok_emb): torch 2.13's fused
+    CPU kernel leaves the vectorized part of a bf16 parameter unchanged (a 16-element bf16 parameter does not
+    move at all; tests/test_seed_preset.py), and no GPU has checked the fused CUDA kernel for it yet."""
     device = params[0].device.type
     try:
         from torch.optim.optimizer import _get_fused_kernels_supported_devices
         fused = device in _get_fused_kernels_supported_devices()
     except ImportError:  # pragma: no cover (older torch)
         fused = device == "cuda"
-    if device == "cpu" and any(p.dtype == torch.bfloat16 for p in params):
+    if any(p.dtype == torch.bfloat16 for p in params):
         fused = False
     if fused:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
