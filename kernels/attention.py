@@ -40,7 +40,10 @@ INT32_SPAN = 2 ** 31
 GPU_FP32_LAUNCH = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
 # the backward's dQ paths (kernels/attention_backward.py); deterministic by default until a GPU measures otherwise
 DQ_MODES = ("two_stage", "atomic", "separate")
-DEFAULT_DQ_MODE = "two_stage"
+# The fastest deterministic dQ mode by the roofline projection at the seed's shapes on H100 and A100
+# (bench/rehearsal/roofline.py, bench/REHEARSAL.md: "two_stage" moves a 1.7 GB fp32 scratch per layer at
+# batch 48); a GPU measurement replaces it (bench `attention bwd` cases).
+DEFAULT_DQ_MODE = "separate"
 
 # (BLOCK_M tile rows, BLOCK_N keys, num_warps, num_stages); a tile holds PACK heads x BLOCK_M / PACK positions,
 # and BLOCK_M / PACK must be a multiple of BLOCK_N. Spill-free at head_dim 64 on sm_80 and sm_90a (python -m
