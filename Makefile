@@ -24,7 +24,7 @@ $(STAMP): setup.cfg
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m train.demo
+	$(PY) -m pipelines.demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests

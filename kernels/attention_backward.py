@@ -37,9 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import (DEFAULT_DQ_MODE, INTERPRET, LOG2E, XSA_EPS, check_dq_mode, check_int32_span,
-                               check_qkv, kernel_flags)
-from kernels.xsa import xsa_dv, xsa_unit
+from kernels.attention_common import (DEFAULT_DQ_MODE, INTERPRET, LOG2E, check_dq_mode, check_int32_span, check_qkv,
+                                      kernel_flags)
+from kernels.xsa import XSA_EPS, xsa_dv, xsa_unit
 
 # main kernel: BLOCK_N keys per program is picked by the launcher (it fixes the two-stage scratch layout);
 # the autotuner picks (BLOCK_M queries per step, num_warps, num_stages). BLOCK_N % BLOCK_M == 0.

@@ -5,12 +5,12 @@ modules would collide on private names and break `from x import y`, so the file 
 source (docstrings and comments stripped to save counted bytes) in a table and installs an import hook
 (a `MetaPathFinder` + `Loader` over that table) ahead of everything else on `sys.meta_path`. The package's
 import statements then work unchanged, `inspect.getsource` (which `@triton.jit` needs) finds the sources
-through the loader's `get_source`, and no name under kernels/model/train/quant/eval can be imported from
+through the loader's `get_source`, and no name under the bundled packages (PACKAGES) can be imported from
 anywhere else: one the bundle lacks is an ImportError, never a silent fall-back to an installed package.
 
-Which modules: everything reachable from the entry point (train.challenge_main) through import statements,
-including function-level imports, and module names written as strings (kernels.ops picks a backend by name),
-plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED CLI
+Which modules: everything reachable from the entry point (pipelines.challenge_main) through import statements,
+including function-level imports, and module names written as strings (a module loaded by name would be missed
+otherwise), plus their parent packages; a reachable module that is not in the package, or one of the EXCLUDED CLI
 modules (data download, tokenizer training, the benchmark suite), is an error.
 
 `compress=True` (the default) stores the table lzma-compressed and base85-encoded; `compress=False` keeps
@@ -30,10 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ("kernels", "model", "train", "quant", "eval")
-ENTRY = "train.challenge_main"
+PACKAGES = ("common", "kernels", "model", "train", "quant", "eval", "pipelines")
+ENTRY = "pipelines.challenge_main"
 EXCLUDED = ("train.data.download", "train.data.tokenize_text", "train.data.embedded", "train.data.__main__",
-            "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle", "bench.__main__",
+            "train.__main__", "pipelines.demo", "quant.__main__", "quant.submit", "quant.bundle", "bench.__main__",
             "bench.gpu_check")
 PROJECT_DISTRIBUTION = "triton-golf"
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from quant.bundle import build_bundle
 from quant.records_readme import render_readme, render_train_log, submission_json, today
 from quant.run_figures import RunFigures, SubmitError, gather
 from quant.size import CAP_BYTES
-from train.cli_errors import ArgumentParser, positive_int, run_cli
+from common.cli_errors import ArgumentParser, positive_int, run_cli
 
 COPIED_RUN_FILES = ("metrics.jsonl", "eval.json", "quant.json", "quant.log", "ttt_chunks.jsonl", "run_info.json")
 

@@ -61,7 +61,7 @@ def test_environment_variables_override_the_run_config(tmp_path, monkeypatch):
 
 
 def test_bundle_entry_reports_bad_input_in_one_line(tmp_path, capsys):
-    from train.challenge_main import main
+    from pipelines.challenge_main import main
     with pytest.raises(SystemExit) as exit_info:
         main(tiny_defaults(), environ={"SEED": "one"})
     assert exit_info.value.code == 1 and capsys.readouterr().err.strip() == "error: SEED='one': expected int"
@@ -87,15 +87,15 @@ def test_module_discovery_follows_string_imports_and_refuses_excluded_or_missing
     assert {"kernels.triton_ops", "kernels.reference", "eval.ttt", "quant.artifact", "train.loop"} <= set(modules)
     assert not {"train.data.download", "train.data.tokenize_text", "quant.submit", "bench.__main__"} & set(modules)
     assert third_party["torch"] and third_party["sentencepiece"] and not third_party["matplotlib"]  # plots: optional
-    for pkg in ("train", "kernels", "model", "quant", "eval"):
+    for pkg in ("common", "train", "kernels", "model", "quant", "eval", "pipelines"):
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
-    (tmp_path / "train" / "challenge_main.py").write_text("from train import nope\nimport train.missing\n")
-    with pytest.raises(BundleError, match="train.challenge_main imports train.missing, which is not a module"):
+    (tmp_path / "pipelines" / "challenge_main.py").write_text("from train import nope\nimport train.missing\n")
+    with pytest.raises(BundleError, match="pipelines.challenge_main imports train.missing, which is not a module"):
         find_modules(root=tmp_path)
-    (tmp_path / "train" / "challenge_main.py").write_text("import train.demo\n")
-    (tmp_path / "train" / "demo.py").write_text("")
-    with pytest.raises(BundleError, match="imports train.demo, which is kept out of train_gpt.py"):
+    (tmp_path / "pipelines" / "challenge_main.py").write_text("import pipelines.demo\n")
+    (tmp_path / "pipelines" / "demo.py").write_text("")
+    with pytest.raises(BundleError, match="imports pipelines.demo, which is kept out of train_gpt.py"):
         find_modules(root=tmp_path)
 
 

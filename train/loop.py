@@ -19,17 +19,17 @@ import torch
 from kernels.autocast import autocast_for
 from model.config import ModelConfig
 from model.gpt import GPT
-from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
+from common.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
 from train.compiled import training_module, warm_up
 from train.config import TrainConfig
 from train.data.loader import DistributedTokenLoader
-from train.data.shards import list_shards, load_validation_tokens
+from common.shards import list_shards, load_validation_tokens
 from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
 from train.distributed import DistContext, all_reduce_mean, setup_distributed, teardown_distributed
 from train.ema import EMA
 from train.logging_utils import MetricsLogger, plot_loss_curve, print_final
 from train.optim import build_optimizers
-from train.provenance import check_data, check_tokenizer, run_provenance
+from common.provenance import check_data, check_tokenizer, run_provenance
 from train.schedule import lr_multiplier, muon_momentum
 from train.validation import evaluate
 

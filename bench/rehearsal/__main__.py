@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     text = render(result)
     print(text)
     if args.write is not None and not args.quick:
-        from train.atomic import atomic_write
+        from common.atomic import atomic_write
         atomic_write(args.write, [text.encode()])
         print(f"wrote {args.write}", file=sys.stderr)
     return 1 if result["failed"] else 0

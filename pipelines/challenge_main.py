@@ -27,9 +27,9 @@ from kernels.autocast import autocast_for
 from quant.artifact import DEFAULT_LEVEL, compress_body, encode_body, write_atomic
 from quant.schemes import quantize_state_dict
 from quant.size import size_summary
-from train.atomic import atomic_write
-from train.checkpoint import read_model_file
-from train.cli_errors import CLIError, run_cli
+from common.atomic import atomic_write
+from common.checkpoint import read_model_file
+from common.cli_errors import CLIError, run_cli
 from train.challenge_env import ChallengeSettings, settings_from_env
 from train.challenge_log import ChallengeLog, ChallengeMetricsLogger, score_lines
 from train.distributed import setup_distributed, teardown_distributed
@@ -85,7 +85,7 @@ def write_artifact(s: ChallengeSettings, code_path, log: ChallengeLog) -> dict:
 def roundtrip_score(s: ChallengeSettings, ctx, log: ChallengeLog) -> dict:
     """Val score of the re-read artifact on the training val's tokens (non-overlapping, as in training)."""
     from eval.loading import load_model
-    from train.data.shards import load_validation_tokens
+    from common.shards import load_validation_tokens
     from train.data.tokenizer import build_byte_luts, load_tokenizer
     from train.validation import evaluate
 
@@ -159,7 +159,7 @@ def run(s: ChallengeSettings, code_path=None) -> dict:
 
 def main(defaults: dict, code_path=None, environ=None) -> dict:
     """Entry point of the bundled train_gpt.py: settings from the environment over `defaults`, then run.
-    Bad input is one `error:` line and a non-zero exit (train.cli_errors), as in the package's CLIs."""
+    Bad input is one `error:` line and a non-zero exit (common.cli_errors), as in the package's CLIs."""
     def job() -> dict:
         settings = settings_from_env(defaults, environ)
         try:

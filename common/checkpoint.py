@@ -5,7 +5,7 @@ live weights ("config", "model", the same keys as a final model file, so quant a
 both optimizers' states, the loader position, the step, the training time so far, the late-QAT flag and the torch
 RNG states (as uint8 tensors; the job uses no numpy or python randomness). Nothing in it needs pickle.
 
-Both kinds of file also carry "provenance" (train.provenance: tokenizer fingerprint, data identity) and
+Both kinds of file also carry "provenance" (common.provenance: tokenizer fingerprint, data identity) and
 "content_sha256", a sha256 over every value in the file (tensor bytes, in key order). torch's zip reader checks
 no checksum, so without it a flipped exponent bit loads as an inf weight and trains on; with it the load fails
 with "checksum mismatch". Files without the checksum (written before it existed) load with a warning line.
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from train.atomic import atomic_write_with
+from common.atomic import atomic_write_with
 
 FORMAT = "triton-golf-train-checkpoint-v1"
 REQUIRED_KEYS = ("format", "config", "train_config", "model", "ema", "optimizers", "loader", "step", "rng")
