@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 VENV_CUDA ?= .venv-cuda
 CUDA_STAMP := $(VENV_CUDA)/.installed
 
-.PHONY: install demo test bench-quick bench gpu-check-dry aot rehearsal clean-data
+.PHONY: install demo test lint-imports bench-quick bench gpu-check-dry aot rehearsal clean-data
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# the floor plan (README, Architecture): imports run one way down the layers, no cycles (contracts in setup.cfg)
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
