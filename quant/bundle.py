@@ -33,8 +33,8 @@ from pathlib import Path
 PACKAGES = ("kernels", "model", "train", "quant", "eval")
 ENTRY = "train.challenge_main"
 EXCLUDED = ("train.data.download", "train.data.tokenize_text", "train.data.embedded", "train.data.__main__",
-            "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle", "bench.__main__",
-            "bench.gpu_check")
+            "train.__main__", "train.demo", "quant.__main__", "quant.submit", "quant.bundle", "quant.bundle_cli",
+            "bench.__main__", "bench.gpu_check")
 PROJECT_DISTRIBUTION = "triton-golf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
@@ -265,8 +265,74 @@ def build_bundle(defaults: dict, *, compress: bool = True, root: Path = REPO_ROO
     except importlib.metadata.PackageNotFoundError:
         version = "(not installed)"
     header = (f"# train_gpt.py for OpenAI's Parameter Golf: triton-golf {version} (git {git_describe(root)}), "
-              f"{len(modules)} modules bundled by `python -m quant submit`.\n"
+              f"{len(modules)} modules bundled by `python -m quant bundle`.\n"
               f"# Run: torchrun --standalone --nproc_per_node=8 train_gpt.py (environment variables: README.md)\n")
     text = render(sources, defaults, header, compress)
     compile(text, "train_gpt.py", "exec", dont_inherit=True)
     return Bundle(text, modules, source_bytes, stripped_bytes, installed_requirements(third_party))
+
+
+@dataclass
+class BundleParts:
+    """A train_gpt.py taken apart: what `render` put together."""
+    header: str
+    sources: dict[str, tuple[bool, str]]
+    defaults: dict
+    compressed: bool
+
+
+def read_bundle(text: str) -> BundleParts:
+    """The header, module table and defaults of a train_gpt.py this module wrote (BundleError otherwise)."""
+    try:
+        tree = ast.parse(text)
+        table = next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                     and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "M")
+        if isinstance(table, ast.Dict):
+            sources = {name: (bool(p), src) for name, (p, src) in ast.literal_eval(table).items()}
+        else:  # json.loads(lzma.decompress(base64.b85decode('...')))
+            packed = table.args[0].args[0].args[0].value
+            sources = {name: (bool(p), src) for name, (p, src) in
+                       json.loads(lzma.decompress(base64.b85decode(packed))).items()}
+        entry_if = next(n for n in tree.body if isinstance(n, ast.If))
+        call = entry_if.body[-1].value  # {ENTRY}.main(json.loads('...'), F)
+        defaults = json.loads(ast.literal_eval(call.args[0].args[0]))
+    except (SyntaxError, StopIteration, AttributeError, IndexError, TypeError, ValueError, lzma.LZMAError) as e:
+        raise BundleError(f"not a train_gpt.py written by quant.bundle ({type(e).__name__}: {e})") from None
+    header = "".join(line for line in text.splitlines(keepends=True)[:10] if line.startswith("#"))
+    return BundleParts(header, sources, defaults, not isinstance(table, ast.Dict))
+
+
+def plain_twin(text: str) -> str:
+    """The readable twin of a compressed train_gpt.py: the same modules and defaults, each module a raw string.
+    It runs the same way; a records folder ships it beside the counted file, uncounted, for reviewers."""
+    parts = read_bundle(text)
+    header = ("# Readable twin of train_gpt.py (the same modules and defaults, stored as plain text); the counted "
+              "file is train_gpt.py.\n" + parts.header)
+    return render(parts.sources, parts.defaults, header, compress=False)
+
+
+# Stdlib only: writes the modules of a compressed train_gpt.py under train_gpt_modules/ (the records README shows it)
+DECODE_SCRIPT = """import base64, json, lzma, pathlib
+text = pathlib.Path("train_gpt.py").read_text()
+table = json.loads(lzma.decompress(base64.b85decode(text.split("b85decode('")[1].split("'")[0])))
+for name, (is_package, source) in table.items():
+    path = pathlib.Path("train_gpt_modules", *name.split("."))
+    path = path / "__init__.py" if is_package else path.with_name(path.name + ".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+"""
+
+# openai/parameter-golf's requirements.txt (read 2026-12-03); the bundle's other needs are named in a records folder
+CHALLENGE_REQUIREMENTS = ("numpy", "brotli", "tqdm", "torch", "huggingface-hub", "kernels", "setuptools",
+                          "typing-extensions", "datasets", "tiktoken", "sentencepiece", "wandb")
+REQUIREMENT_NOTES = {"triton": "comes with torch's CUDA wheels on Linux"}
+
+
+def requirements_text(requirements: dict[str, str]) -> str:
+    """requirements.txt for a records folder: each distribution, marked when the challenge's own list lacks it."""
+    lines = []
+    for dist, version in requirements.items():
+        note = "" if dist in CHALLENGE_REQUIREMENTS else \
+            f"; not in the challenge's requirements.txt{': ' + REQUIREMENT_NOTES[dist] if dist in REQUIREMENT_NOTES else ''}"
+        lines.append(f"{dist}  # {version} when this folder was written{note}\n")
+    return "".join(lines)

@@ -35,7 +35,7 @@ from quant.schemes import quantize_state_dict
 from quant.size import size_summary
 from train.atomic import atomic_write
 from train.checkpoint import read_model_file
-from train.cli_errors import EXIT_ERROR, CLIError, run_cli
+from train.cli_errors import CLIError, run_cli
 from train.challenge_env import ChallengeSettings, fit_to_world, settings_from_env
 from train.challenge_record import SCRIPT_COPY, code_identity, environment, refuse_occupied
 from train.challenge_log import ChallengeLog, ChallengeMetricsLogger, score_lines
@@ -43,6 +43,7 @@ from train.distributed import setup_distributed, teardown_distributed
 from train.loop import TrainingDiverged, run_training
 
 ARTIFACT_NAME = "final_model.int6.ptz"
+OTHER_RANK_GRACE_S = 5.0  # a failing rank > 0 waits this long for rank 0 to report the same error
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -203,8 +204,9 @@ def main(defaults: dict, code_path=None, environ=None) -> dict:
     """Entry point of the bundled train_gpt.py: settings from the environment over `defaults`, then run.
 
     Bad input is one `error:` line and a non-zero exit (train.cli_errors), as in the package's CLIs. Under
-    torchrun every rank meets the same input, so only rank 0 says it; the other ranks exit with the same code
-    in silence (an unexpected exception, which may be one rank's own, is still reported by the rank it hit)."""
+    torchrun every rank meets the same input, so rank 0 says it and the other ranks wait OTHER_RANK_GRACE_S
+    first: torchrun stops them once rank 0 has failed, and a rank whose error was its own alone says it then,
+    as `error: rank N: ...`. An unexpected exception is reported by the rank it hit."""
     rank = int(os.environ.get("RANK", "0"))
 
     def job() -> dict:
@@ -212,10 +214,11 @@ def main(defaults: dict, code_path=None, environ=None) -> dict:
             return run(settings_from_env(defaults, environ), code_path)
         except TrainingDiverged as exc:
             raise CLIError(str(exc)) from exc
-        except (CLIError, ValueError, OSError):
-            if rank != 0:
-                raise SystemExit(EXIT_ERROR) from None
-            raise
+        except (CLIError, ValueError, OSError) as exc:
+            if rank == 0:
+                raise
+            time.sleep(OTHER_RANK_GRACE_S)
+            raise CLIError(f"rank {rank}: {exc}") from exc
 
     result = run_cli(job)
     if isinstance(result, int):  # run_cli's exit status, after the error line
