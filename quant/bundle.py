@@ -148,6 +148,19 @@ def _in_package(name: str) -> bool:
     return name.split(".")[0] in PACKAGES
 
 
+def third_party_imports(sources: dict[str, tuple[bool, str]]) -> dict[str, bool]:
+    """{third-party top-level import: required} of a bundle's module table (read_bundle(...).sources)."""
+    found: dict[str, bool] = {}
+    for name, (is_package, source) in sources.items():
+        scanner = _ImportScan(name, is_package)
+        scanner.visit(ast.parse(source))
+        for dep, optional in scanner.imports:
+            top = dep.split(".")[0]
+            if top and top not in PACKAGES and top not in sys.stdlib_module_names:
+                found[top] = found.get(top, False) or not optional
+    return found
+
+
 def find_modules(entry: str = ENTRY, root: Path = REPO_ROOT) -> tuple[list[str], dict[str, bool]]:
     """(bundled module names, {third-party top-level import: required}) reachable from `entry`."""
     if module_file(entry, root) is None:
@@ -329,10 +342,11 @@ REQUIREMENT_NOTES = {"triton": "comes with torch's CUDA wheels on Linux"}
 
 
 def requirements_text(requirements: dict[str, str]) -> str:
-    """requirements.txt for a records folder: each distribution, marked when the challenge's own list lacks it."""
+    """requirements.txt for a records folder: each distribution with a comment (its version and where that
+    version was seen), marked when the challenge's own list lacks it."""
     lines = []
     for dist, version in requirements.items():
         note = "" if dist in CHALLENGE_REQUIREMENTS else \
             f"; not in the challenge's requirements.txt{': ' + REQUIREMENT_NOTES[dist] if dist in REQUIREMENT_NOTES else ''}"
-        lines.append(f"{dist}  # {version} when this folder was written{note}\n")
+        lines.append(f"{dist}  # {version}{note}\n")
     return "".join(lines)
