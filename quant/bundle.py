@@ -6,7 +6,8 @@ source (docstrings and comments stripped to save counted bytes) in a table and i
 (a `MetaPathFinder` + `Loader` over that table) ahead of everything else on `sys.meta_path`. The package's
 import statements then work unchanged, `inspect.getsource` (which `@triton.jit` needs) finds the sources
 through the loader's `get_source`, and no name under kernels/model/train/quant/eval can be imported from
-anywhere else: one the bundle lacks is an ImportError, never a silent fall-back to an installed package.
+anywhere else: one the bundle lacks is an ImportError, never a silent fall-back to an installed package
+(the challenge's requirements.txt installs Hugging Face's `kernels`, a clash the hook wins; tested).
 
 Which modules: everything reachable from the entry point (train.challenge_main) through import statements,
 including function-level imports, and module names written as strings (kernels.ops picks a backend by name),
@@ -14,9 +15,10 @@ plus their parent packages; a reachable module that is not in the package, or on
 modules (data download, tokenizer training, the benchmark suite), is an error.
 
 `compress=True` (the default) stores the table lzma-compressed and base85-encoded; `compress=False` keeps
-every module readable as a raw string. Measured at
-commit c185683 with the seed config: 60 modules, 370,819 source bytes -> 260,809 stripped -> train_gpt.py of
-265,075 bytes plain or 72,509 bytes compressed.
+every module readable as a raw string. Measured at commit 1b375f0 with `python -m quant bundle` (preset seed):
+68 modules, 456,869 source bytes -> 310,285 stripped -> train_gpt.py of 84,393 bytes compressed or 314,899
+plain. `read_bundle` takes a written file apart again: `plain_twin` makes a compressed file's readable twin
+(same modules, same defaults) and a records folder's requirements come from the modules it actually holds.
 """
 from __future__ import annotations
 
