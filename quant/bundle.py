@@ -348,7 +348,9 @@ def requirements_text(requirements: dict[str, str]) -> str:
     version was seen), marked when the challenge's own list lacks it."""
     lines = []
     for dist, version in requirements.items():
-        note = "" if dist in CHALLENGE_REQUIREMENTS else \
-            f"; not in the challenge's requirements.txt{': ' + REQUIREMENT_NOTES[dist] if dist in REQUIREMENT_NOTES else ''}"
+        note = ""
+        if dist not in CHALLENGE_REQUIREMENTS:
+            note = "; not in the challenge's requirements.txt" + (f": {REQUIREMENT_NOTES[dist]}"
+                                                                  if dist in REQUIREMENT_NOTES else "")
         lines.append(f"{dist}  # {version}{note}\n")
     return "".join(lines)

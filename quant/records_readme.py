@@ -53,6 +53,11 @@ def _f(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else NOT_MEASURED
 
 
+def _secs(value, digits: int = 1) -> str:
+    text = _f(value, digits)
+    return text if text == NOT_MEASURED else f"{text} s"
+
+
 def _mark(ok: bool | None) -> str:
     return {True: "yes", False: "**no**", None: NOT_MEASURED}[ok]
 
@@ -110,8 +115,8 @@ def results_section(sub: Submission) -> list[str]:
     lines += ["", f"Over {s.n} seed{'s' if s.n > 1 else ''}: val_bpb mean {_f(s.val_bpb_mean, 6)}"
                   + (f", std {_f(s.val_bpb_std, 6)}" if s.val_bpb_std is not None else "")
                   + f"; val_loss mean {_f(s.val_loss_mean, 6)}"
-                  + (f", std {_f(s.val_loss_std, 6)}" if s.val_loss_std is not None else "")
-                  + " (sample standard deviations).", ""]
+                  + (f", std {_f(s.val_loss_std, 6)} (sample standard deviations)." if s.val_loss_std is not None
+                     else "; one seed has no spread."), ""]
     if s.baseline_val_loss is None:
         lines += ["No record claim: no baseline was given (`--baseline-val-loss`, the current record's val_loss).",
                   ""]
@@ -156,8 +161,9 @@ def timings_section(sub: Submission) -> list[str]:
         tokens = run.settings()["train"]["batch_tokens"] * run.steps / train_s if train_s else None
         eval_s, what = run.eval_timing()
         total = ((run.info or {}).get("timings") or {}).get("total_s")
-        lines.append(f"| {run.seed} | {_f(train_s, 1)} s | {_f(train_s * 1000 / steps if train_s else None, 1)} "
-                     f"ms | {_f(tokens, 0)} | {_f(eval_s, 1)} s ({what}) | {_f(total, 1)} s |")
+        step_ms = _f(train_s * 1000 / steps if train_s else None, 1)
+        lines.append(f"| {run.seed} | {_secs(train_s)} | {step_ms}{' ms' if train_s else ''} | {_f(tokens, 0)} | "
+                     f"{_secs(eval_s)} ({what}) | {_secs(total)} |")
     return lines + [""]
 
 
@@ -219,7 +225,9 @@ def settings_section(sub: Submission) -> list[str]:
     for var, section, name in README_VARS:
         if name in d.get(section, {}):
             value = d[section][name]
-            lines.append(f"| `{var}` | {'accum_total / world size (8 / world: the same micro-batch on 1-8 GPUs)' if value is None and var == 'GRAD_ACCUM' else value} |")
+            if value is None and var == "GRAD_ACCUM":
+                value = "fitted to the world size (accum_total / world where that divides)"
+            lines.append(f"| `{var}` | {value} |")
     lines += ["", "Every other TrainConfig / ModelConfig field is settable by its upper-cased name. "
               "`DATA_PATH` and `TOKENIZER_PATH` locate the data; outputs go to `runs/<RUN_ID>` (RUN_ID defaults "
               "to `seed<SEED>`) unless `OUT_DIR` says otherwise, and a folder already holding a run's files is "

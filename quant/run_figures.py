@@ -113,7 +113,7 @@ class RunFigures:
         parts = [self.eval.get("sliding_seconds"), ttt.get("score_seconds"), ttt.get("train_seconds")]
         if not any(_num(p) for p in parts):
             return None, "not measured"
-        return sum(p for p in parts if _num(p)), "sliding window + TTT scoring and training (python -m eval)"
+        return sum(p for p in parts if _num(p)), "sliding window + TTT scoring and training, python -m eval's timers"
 
     def score(self) -> tuple[str, float | None, float]:
         """(what, val_loss, val_bpb) of the submission's score: the artifact's final eval."""
