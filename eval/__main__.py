@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> dict:
         say(f"sliding val_loss:{baseline['val_loss']:.6f} val_bpb:{baseline['val_bpb']:.6f} "
             f"({baseline['windows']:,} windows, {baseline['tokens_per_s']:,.0f} tok/s, {baseline['seconds']:.1f}s)")
         summary.update(val_loss=baseline["val_loss"], val_bpb=baseline["val_bpb"], pre_ttt_val_bpb=baseline["val_bpb"],
-                       sliding_seconds=baseline["seconds"], sliding_tokens_per_s=baseline["tokens_per_s"])
+                       pre_ttt_val_loss=baseline["val_loss"], sliding_seconds=baseline["seconds"],
+                       sliding_tokens_per_s=baseline["tokens_per_s"])
     if args.ttt:
         if len(val_tokens) - 1 <= args.ttt_chunk:
             say(f"warning: the {len(val_tokens) - 1:,} targets fit in one TTT chunk of {args.ttt_chunk:,}; "

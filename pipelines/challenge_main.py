@@ -2,22 +2,29 @@
 challenge's log lines.
 
 `main(defaults, code_path)` is what `quant.bundle` makes train_gpt.py call, under
-`torchrun --standalone --nproc_per_node=8 train_gpt.py` (or plain `python train_gpt.py`). It runs the package's
-own stages, unchanged, in order:
-  1. train.loop.run_training (DDP under torchrun) with the configs from train.challenge_env (the run's configs,
-     overridden by the challenge's environment variables), echoing the challenge's step lines live;
+`torchrun --standalone --nproc_per_node=N train_gpt.py` (any N from 1 to 8) or plain `python train_gpt.py`. It
+runs the package's own stages, unchanged, in order:
+  1. train.loop.run_training (DDP under torchrun) with the configs from train.challenge_env (the script's
+     defaults, overridden by the challenge's environment variables; gradient accumulation fitted to the world
+     size), echoing the challenge's step lines live;
   2. the EMA weights (final_model.pt) quantized and written as `python -m quant` does -> final_model.int6.ptz,
      then the byte budget (this file's code bytes + artifact bytes vs 16,000,000);
   3. every rank re-reads the artifact: the non-overlapping round-trip val score (the training val's tokens), then
-     `python -m eval`'s run (sliding window, legal score-first TTT as configured).
-Outputs in OUT_DIR (default: the working directory): logs/<RUN_ID>.txt (the challenge log), metrics.jsonl,
-checkpoint.pt, final_model.pt, final_model.int6.ptz, quant.json, eval.json, ttt_chunks.jsonl, run_info.json.
+     `python -m eval`'s run (sliding window, legal score-first TTT as configured; with TTT_BUDGET_SECONDS the
+     TTT epochs are sized so the whole evaluation, round trip included, fits that budget).
+Outputs in OUT_DIR (default runs/<RUN_ID>; a folder already holding any of them is refused, so nothing is
+overwritten, the records folder the script sits in included): logs/<RUN_ID>.txt (the challenge log),
+metrics.jsonl, checkpoint.pt, final_model.pt, final_model.int6.ptz, quant.json, eval.json, ttt_chunks.jsonl,
+run_info.json (machine, versions, settings, variables read, timings) and a copy of the script that ran.
+Bad input is one `error:` line, from rank 0 only under torchrun (every rank meets the same input).
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import functools
 import json
-import platform
+import os
 import time
 from pathlib import Path
 
@@ -30,35 +37,35 @@ from quant.size import size_summary
 from common.atomic import atomic_write
 from common.checkpoint import read_model_file
 from common.cli_errors import CLIError, run_cli
-from train.challenge_env import ChallengeSettings, settings_from_env
+from train.challenge_env import ChallengeSettings, fit_to_world, settings_from_env
+from train.challenge_record import SCRIPT_COPY, code_identity, environment, refuse_occupied
 from train.challenge_log import ChallengeLog, ChallengeMetricsLogger, score_lines
 from train.distributed import setup_distributed, teardown_distributed
 from train.loop import TrainingDiverged, run_training
 
 ARTIFACT_NAME = "final_model.int6.ptz"
+OTHER_RANK_GRACE_S = 5.0  # a failing rank > 0 waits this long for rank 0 to report the same error
 
 
 def write_json(path: Path, obj: dict) -> None:
     atomic_write(path, [(json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")])
 
 
-def hardware(ctx) -> str:
-    if ctx.device.type == "cuda":
-        return f"{ctx.world_size}x {torch.cuda.get_device_name(ctx.device)}"
-    return f"{ctx.world_size}x CPU ({platform.processor() or platform.machine()})"
-
-
-def log_header(log: ChallengeLog, s: ChallengeSettings, ctx) -> None:
+def log_header(log: ChallengeLog, s: ChallengeSettings, ctx, env: dict, code: dict | None,
+               batch_note: str | None) -> None:
     t, m = s.train, s.model
-    log(f"run_id:{s.run_id} world_size:{ctx.world_size} device:{ctx.device} hardware:{hardware(ctx)}",
-        f"python:{platform.python_version()} torch:{torch.__version__}",
-        f"data_path:{s.data_path} tokenizer_path:{s.tokenizer_path}",
+    log(f"run_id:{s.run_id} world_size:{ctx.world_size} device:{ctx.device} hardware:{env['hardware']}",
+        f"python:{env['python']} torch:{env['torch']} triton:{env['triton']} cuda:{env['cuda']}",
+        f"code:{code['bytes']} bytes sha256:{code['sha256']}" if code else "code: the package (not a bundle)",
+        f"data_path:{s.data_path} tokenizer_path:{s.tokenizer_path} out_dir:{s.out_dir}",
         f"train_batch_tokens:{t.batch_tokens} train_seq_len:{m.seq_len} iterations:{t.steps} "
-        f"warmdown_iters:{t.warmdown_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}",
+        f"warmdown_iters:{t.warmdown_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f} "
+        f"grad_accum:{t.grad_accum}",
+        *([f"note: {batch_note}"] if batch_note else []),
         f"model:{json.dumps(m.to_dict(), separators=(',', ':'))}",
         f"train:{json.dumps(t.to_dict(), separators=(',', ':'))}",
-        f"eval:stride:{s.eval.stride} ttt:{s.eval.ttt} ttt_chunk:{s.eval.ttt_chunk} ttt_epochs:{s.eval.ttt_epochs} "
-        f"ttt_lr:{s.eval.ttt_lr} ttt_freeze:{s.eval.ttt_freeze}",
+        f"eval:{json.dumps(dataclasses.asdict(s.eval), separators=(',', ':'))}",
+        f"env:{json.dumps(s.env, separators=(',', ':'))}",
         f"seed:{t.seed}")
 
 
@@ -105,52 +112,86 @@ def roundtrip_score(s: ChallengeSettings, ctx, log: ChallengeLog) -> dict:
             "val_tokens": tokens.numel() - 1}
 
 
-def final_eval(s: ChallengeSettings, ctx, log: ChallengeLog) -> dict:
-    """`python -m eval`'s sliding-window (+ TTT) evaluation of the artifact, in this process group."""
+def final_eval(s: ChallengeSettings, ctx, log: ChallengeLog, eval_started: float) -> dict:
+    """`python -m eval`'s sliding-window (+ TTT) evaluation of the artifact, in this process group. With
+    TTT_BUDGET_SECONDS, what the round trip already took comes off the budget the TTT epochs are sized to."""
     from eval.__main__ import build_parser, run
 
     device = f"cuda:{ctx.local_rank}" if ctx.device.type == "cuda" else "cpu"
+    budget_left = s.eval.ttt_budget_s - (time.perf_counter() - eval_started)
     argv = [str(s.out_dir / ARTIFACT_NAME), "--data", str(s.data_path), "--tokenizer", str(s.tokenizer_path),
             "--device", device, "--no-progress", "--json", str(s.out_dir / "eval.json"),
-            *s.eval.eval_argv()]
+            *s.eval.eval_argv(budget_left)]
     if s.eval.ttt:
         argv += ["--chunk-log", str(s.out_dir / "ttt_chunks.jsonl")]
     summary = run(build_parser().parse_args(argv))
-    if s.eval.ttt:  # the eval CLI keeps only the bpb of the pre-TTT sliding score
-        log(f"final_int6_sliding_window val_bpb:{summary['pre_ttt_val_bpb']:.4f} stride:{s.eval.stride} "
-            f"eval_time:{summary['sliding_seconds'] * 1000:.0f}ms",
-            f"final_int6_sliding_window_exact val_bpb:{summary['pre_ttt_val_bpb']:.8f}")
-        ttt = summary["ttt"]
-        log(*score_lines("legal_ttt", summary["val_loss"], summary["val_bpb"],
-                         ttt["score_seconds"] + ttt["train_seconds"]))
-    else:
+    if not s.eval.ttt:
         log(*score_lines("final_int6_sliding_window", summary["val_loss"], summary["val_bpb"],
                          summary["sliding_seconds"]))
+        return summary
+    if "pre_ttt_val_bpb" in summary:
+        log(*score_lines("final_int6_sliding_window", summary["pre_ttt_val_loss"], summary["pre_ttt_val_bpb"],
+                         summary["sliding_seconds"]))
+    else:
+        log("final_int6_sliding_window: skipped (EVAL_SKIP_BASELINE=1), not measured")
+    ttt = summary["ttt"]
+    if ttt["chunks"] < 2:
+        log(f"legal_ttt: the {summary['targets']} targets fit in one {s.eval.ttt_chunk}-token chunk: no "
+            "adaptation ran, so the TTT score is the sliding score (set TTT_CHUNK_TOKENS smaller)")
+    log(*score_lines("legal_ttt", summary["val_loss"], summary["val_bpb"],
+                     ttt["score_seconds"] + ttt["train_seconds"]))
     return summary
+
+
+def copy_script(code_path, out_dir: Path) -> None:
+    """The script that runs, copied beside its outputs (quant submit ships this very file)."""
+    data = Path(code_path).read_bytes()
+    atomic_write(out_dir / SCRIPT_COPY, [data])
 
 
 def run(s: ChallengeSettings, code_path=None) -> dict:
     """Train, write + re-read the artifact, evaluate; returns the figures (printed last as one JSON line)."""
+    started_at, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    refuse_occupied(s.out_dir, s.run_id)
     ctx = setup_distributed()  # joined once here, so training and eval share the process group
     try:
+        train_cfg, batch_note = fit_to_world(s.train, s.model.seq_len, ctx.world_size)
+        s = dataclasses.replace(s, train=train_cfg)
+        env, code = environment(ctx), code_identity(code_path)
         s.out_dir.mkdir(parents=True, exist_ok=True)
         log = ChallengeLog(s.out_dir / "logs" / f"{s.run_id}.txt", enabled=ctx.is_main)
-        log_header(log, s, ctx)
+        log_header(log, s, ctx, env, code, batch_note)
+        if ctx.is_main and code_path:
+            copy_script(code_path, s.out_dir)
         logger = functools.partial(ChallengeMetricsLogger, log=log, total_steps=s.train.steps)
         trained = run_training(s.train, s.model, s.data_path, s.out_dir, tokenizer_path=s.tokenizer_path,
                                progress=False, logger_factory=logger)
+        t_serialize = time.perf_counter()
         quant = write_artifact(s, code_path, log) if ctx.is_main else {}
         if ctx.world_size > 1:
             torch.distributed.barrier()
+        eval_started = time.perf_counter()
         quant.update(roundtrip_score(s, ctx, log))
-        evaluated = final_eval(s, ctx, log)
+        evaluated = final_eval(s, ctx, log, eval_started)
+        finished = time.perf_counter()
+        timings = {"train_s": trained["train_time_s"], "max_wallclock_seconds": s.train.max_wallclock_seconds,
+                   "serialize_s": eval_started - t_serialize, "roundtrip_s": quant["roundtrip_seconds"],
+                   "final_eval_s": finished - eval_started - quant["roundtrip_seconds"],
+                   "eval_s": finished - eval_started, "ttt_budget_s": s.eval.ttt_budget_s,
+                   "total_s": finished - t_start}
+        log(f"timing: train {timings['train_s']:.1f}s (validation excluded) | serialize "
+            f"{timings['serialize_s']:.1f}s | eval {timings['eval_s']:.1f}s (round trip "
+            f"{timings['roundtrip_s']:.1f}s + final {timings['final_eval_s']:.1f}s) | total {timings['total_s']:.1f}s")
         figures = {"event": "challenge_run", "run_id": s.run_id, "train": trained, "quant": quant,
-                   "eval": evaluated}
+                   "eval": evaluated, "timings": timings}
         if ctx.is_main:
             write_json(s.out_dir / "quant.json", quant)
             write_json(s.out_dir / "run_info.json", {
-                "hardware": hardware(ctx), "world_size": ctx.world_size, "python": platform.python_version(),
-                "torch": torch.__version__, "run_id": s.run_id, "code_path": str(code_path) if code_path else None})
+                **env, "run_id": s.run_id, "code": code, "env": s.env, "batch_note": batch_note,
+                "settings": {"train": s.train.to_dict(), "model": s.model.to_dict(),
+                             "eval": dataclasses.asdict(s.eval)},
+                "timings": timings, "started_at": started_at.isoformat(timespec="seconds"),
+                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
             print(json.dumps(figures, default=str), flush=True)
         return figures
     finally:
@@ -159,13 +200,23 @@ def run(s: ChallengeSettings, code_path=None) -> dict:
 
 def main(defaults: dict, code_path=None, environ=None) -> dict:
     """Entry point of the bundled train_gpt.py: settings from the environment over `defaults`, then run.
-    Bad input is one `error:` line and a non-zero exit (common.cli_errors), as in the package's CLIs."""
+
+    Bad input is one `error:` line and a non-zero exit (common.cli_errors), as in the package's CLIs. Under
+    torchrun every rank meets the same input, so rank 0 says it and the other ranks wait OTHER_RANK_GRACE_S
+    first: torchrun stops them once rank 0 has failed, and a rank whose error was its own alone says it then,
+    as `error: rank N: ...`. An unexpected exception is reported by the rank it hit."""
+    rank = int(os.environ.get("RANK", "0"))
+
     def job() -> dict:
-        settings = settings_from_env(defaults, environ)
         try:
-            return run(settings, code_path)
+            return run(settings_from_env(defaults, environ), code_path)
         except TrainingDiverged as exc:
             raise CLIError(str(exc)) from exc
+        except (CLIError, ValueError, OSError) as exc:
+            if rank == 0:
+                raise
+            time.sleep(OTHER_RANK_GRACE_S)
+            raise CLIError(f"rank {rank}: {exc}") from exc
 
     result = run_cli(job)
     if isinstance(result, int):  # run_cli's exit status, after the error line

@@ -65,9 +65,12 @@ def int6_report(qtensors) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "submit":  # `python -m quant submit RUN --out records/...`: quant.submit
+    if argv and argv[0] == "submit":  # `python -m quant submit RUN... --out records/...`: quant.submit
         from quant.submit import main as submit_main
         return submit_main(argv[1:])
+    if argv and argv[0] == "bundle":  # `python -m quant bundle --out train_gpt.py`: quant.bundle_cli
+        from quant.bundle_cli import main as bundle_main
+        return bundle_main(argv[1:])
     args = parse_args(argv)
     return run_cli(lambda: run(args))
 
