@@ -137,7 +137,8 @@ def module_of_choice(choice: str):
     """The module whose functions a choice runs: kernels.triton_ops for "triton", the eager twins of
     kernels.reference for "eager" and "inductor". The Triton families are imported here, on first use, not at the
     top of this file: importing them imports triton and registers every custom op (0.8 s on a 2-core CPU), which
-    a policy without a "triton" choice (every CPU run) never needs. A plain import, so tools see the dependency."""
+    a policy without a "triton" choice (the CPU's default) does not need. A plain import, so tools (lint-imports,
+    the bundle's module scan) see the dependency."""
     if choice == "triton":
         from kernels import triton_ops
         return triton_ops
