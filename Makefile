@@ -9,7 +9,10 @@ TORCH_SPEC ?= torch==2.13.0 triton==3.7.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-quick bench gpu-check-dry aot clean-data
+VENV_CUDA ?= .venv-cuda
+CUDA_STAMP := $(VENV_CUDA)/.installed
+
+.PHONY: install demo test lint-imports bench-quick bench gpu-check-dry aot rehearsal clean-data
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -21,10 +24,14 @@ $(STAMP): setup.cfg
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m train.demo
+	$(PY) -m pipelines.demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# the floor plan (README, Architecture): imports run one way down the layers, no cycles (contracts in setup.cfg)
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
@@ -39,3 +46,15 @@ aot: $(STAMP)
 # the GPU check's plumbing on the CPU (CI): every stage's selection runs at quick shapes; nothing is measured
 gpu-check-dry: $(STAMP)
 	$(PY) -m bench.gpu_check --dry-run --out $$(mktemp -d) --budget-s 900
+
+# the fake-CUDA rehearsal (bench/rehearsal, bench/REHEARSAL.md): the seed model on fake CUDA tensors under CUDA's
+# autocast, no GPU. Its own venv with the CUDA build of torch 2.13.0 from PyPI (about 4.7 GB; the machine's pip
+# config, which prefers the local CPU wheel, is bypassed), the package run from the source tree.
+$(CUDA_STAMP):
+	$(PYTHON) -m venv $(VENV_CUDA)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(VENV_CUDA)/bin/python -m pip install -q torch==2.13.0 numpy \
+		sentencepiece zstandard tqdm
+	touch $(CUDA_STAMP)
+
+rehearsal: $(CUDA_STAMP)
+	$(VENV_CUDA)/bin/python -m bench.rehearsal --write

@@ -19,7 +19,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from train.cli_errors import ArgumentParser  # argparse errors as one line
+    from common.cli_errors import ArgumentParser  # argparse errors as one line
 
     parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each, no figures (CPU CI)")
@@ -51,8 +51,8 @@ def measured_cases(json_path: str) -> tuple[list[dict], float | None]:
 
 
 def main(argv=None) -> int:
-    """Run the suite; errors (a bad --json path, a missing GPU, ...) are one line (train.cli_errors)."""
-    from train.cli_errors import run_cli
+    """Run the suite; errors (a bad --json path, a missing GPU, ...) are one line (common.cli_errors)."""
+    from common.cli_errors import run_cli
 
     args = parse_args(argv)
     return run_cli(lambda: run(args))
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.json:
-        from train.cli_errors import check_output_file
+        from common.cli_errors import check_output_file
         check_output_file(args.json, overwrite=True, flag="--json")  # before minutes of benchmarks
     import torch  # after parsing, so --help stays fast
 

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     text = report(args.preset)
     print(text)
     if args.write:
-        from train.atomic import atomic_write
+        from common.atomic import atomic_write
         atomic_write(ACCOUNTING_PATH, [text.encode()])
     return 0
 

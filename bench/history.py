@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from train.atomic import atomic_write
+from common.atomic import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY_PATH = ROOT / "bench" / "history.jsonl"

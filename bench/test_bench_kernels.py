@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bench import flops
 from bench.shapes import get_shapes
 from kernels import reference
-from quant.pack import pack_int6, unpack_int6
+from kernels.int6_layout import pack_int6, unpack_int6
 
 # op -> (kernel family module, function), imported per case: a missing family skips only its own cases
 TRITON_FUNCTIONS = {

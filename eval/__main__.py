@@ -8,7 +8,7 @@ sequences are split across ranks and the float64 sums all-reduced.
 Everything is checked before the first window is scored: the arguments' ranges, the output paths, the model
 file (eval.loading), the tokenizer against the model (vocab size and, where the file records it, the tokenizer's
 fingerprint: another tokenizer of the same size would give a wrong val_bpb), and the TTT settings against the
-model (chunk a multiple of the window, frozen blocks within its depth). Errors are one line (train.cli_errors);
+model (chunk a multiple of the window, frozen blocks within its depth). Errors are one line (common.cli_errors);
 a non-finite figure in the summary makes the exit status 1.
 
 Before the first window it prints the plan (eval.plan: windows, batches, chunks, scored and trained tokens,
@@ -39,7 +39,7 @@ from eval.plan import make_plan
 from eval.scoring import evaluate, stream_target_bytes
 from eval.ttt import ScoreFirstTTT, TTTConfig
 from kernels.ops import parse_overrides, policy_from_flags
-from train.cli_errors import (ArgumentParser, CLIError, check_cuda_device, check_input_file, check_output_file,
+from common.cli_errors import (ArgumentParser, CLIError, check_cuda_device, check_input_file, check_output_file,
                               fail_on_nonfinite, nonnegative_float, nonnegative_int, positive_float, positive_int,
                               run_cli, unit_interval)
 
@@ -147,9 +147,9 @@ def check_settings(args: argparse.Namespace, cfg, window: int, world: int) -> No
 
 def run(args: argparse.Namespace) -> dict:
     """Check, load, score (and with --ttt adapt), report; returns the summary dict printed last."""
-    from train.data.shards import list_shards, load_validation_tokens
+    from common.shards import list_shards, load_validation_tokens
     from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
-    from train.provenance import check_tokenizer
+    from common.provenance import check_tokenizer
 
     started = time.perf_counter()  # --ttt-budget-s counts from here
     check_cuda_device(args.device)
@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> dict:
         say(f"sliding val_loss:{baseline['val_loss']:.6f} val_bpb:{baseline['val_bpb']:.6f} "
             f"({baseline['windows']:,} windows, {baseline['tokens_per_s']:,.0f} tok/s, {baseline['seconds']:.1f}s)")
         summary.update(val_loss=baseline["val_loss"], val_bpb=baseline["val_bpb"], pre_ttt_val_bpb=baseline["val_bpb"],
-                       sliding_seconds=baseline["seconds"], sliding_tokens_per_s=baseline["tokens_per_s"])
+                       pre_ttt_val_loss=baseline["val_loss"], sliding_seconds=baseline["seconds"],
+                       sliding_tokens_per_s=baseline["tokens_per_s"])
     if args.ttt:
         if len(val_tokens) - 1 <= args.ttt_chunk:
             say(f"warning: the {len(val_tokens) - 1:,} targets fit in one TTT chunk of {args.ttt_chunk:,}; "
@@ -262,7 +263,7 @@ TTT_QAT_REASONS = {
 
 def resolve_ttt_qat(flag: bool | None, provenance: dict | None) -> tuple[bool, str]:
     """(fake-quantize the TTT training forwards?, where that came from: a key of TTT_QAT_REASONS)."""
-    from train.provenance import recorded_late_qat
+    from common.provenance import recorded_late_qat
 
     if flag is not None:
         return flag, "flag"

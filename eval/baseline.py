@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.data.shards import list_shards, read_shard
+from common.shards import list_shards, read_shard
 from train.data.tokenizer import bits_per_byte, build_byte_luts, load_tokenizer, target_bytes
 
 

@@ -18,13 +18,12 @@ import torch
 
 from eval.distributed import all_reduce_max_
 from eval.scoring import autocast_for
+from eval.ttt_step import late_qat_for_training
 
 
 def measure_rates(ttt, reps: int = 2) -> dict:
     """{"batch_s", "step_s", "reps"}: seconds per score batch and per SGD step of `ttt` (an eval.ttt.ScoreFirstTTT),
     timed on random tokens; also stored as ttt.rates (the projection falls back on them before chunks settle)."""
-    from eval.ttt import _fake_quant
-
     vocab = int(ttt.model.cfg.vocab_size)
     g = torch.Generator().manual_seed(0)
     width = ttt.window if ttt.all_positions else ttt.plan.stride
@@ -43,7 +42,7 @@ def measure_rates(ttt, reps: int = 2) -> dict:
     ttt.model.eval()
     batch_s = _time(ttt, score, reps)
     ttt.model.train()
-    with _fake_quant(ttt.model, ttt.config.qat):
+    with late_qat_for_training(ttt.model, ttt.config.qat):
         step_s = _time(ttt, lambda: ttt._sgd_step(xs, ys), reps)
     ttt.model.eval()
     with torch.no_grad():

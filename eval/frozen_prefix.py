@@ -4,7 +4,7 @@ Why it is not the default: the frozen blocks (0 and 1) sit between the embedding
 the embeddings train (598's TTT optimizer took every parameter outside the frozen blocks, spec §6.3). Their
 gradient flows back through the frozen blocks, so the exact recipe needs those blocks' backward (dgrad, no weight
 gradient) and the activations it reads. Under no_grad the blocks save nothing and skip that backward (about 18 of
-219 MFLOP per trained token at the seed shapes, eval.accounting), but the embeddings then learn only through the
+219 MFLOP per trained token at the seed shapes, bench.eval_accounting), but the embeddings then learn only through the
 paths that bypass the frozen blocks (x0 into every later block, the tied head): a different TTT recipe, with its
 own score. Scoring is unchanged (it runs under no_grad anyway).
 """

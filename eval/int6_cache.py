@@ -27,8 +27,8 @@ INT6_KERNEL_MAX_ROWS = 256  # at most this many rows: the int6-dequant kernel; m
 
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """The dense (N, K) weight of packed int6 rows (quant.pack layout) with per-row scales, in `dtype`."""
-    from quant.pack import unpack_int6
+    """The dense (N, K) weight of packed int6 rows (kernels.int6_layout) with per-row scales, in `dtype`."""
+    from kernels.int6_layout import unpack_int6
 
     return (unpack_int6(packed, in_features).to(torch.float32) * scales.to(torch.float32)[:, None]).to(dtype)
 

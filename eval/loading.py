@@ -2,10 +2,11 @@
 
 An artifact is recognised by its magic bytes (quant.artifact.MAGIC) and read with quant.artifact (pickle-free,
 dequantized to float); any other file must be a weights-only torch file holding {"config", "model"}
-(train.checkpoint.read_model_file, which verifies its checksum). Nothing is built before it is checked
-(quant.validate): the config's fields must be within bounds and the file's tensors exactly the names and shapes
-that config builds, so a damaged or hostile file cannot make the loader allocate more than the file holds. For
-an artifact the check runs on its manifest, before the payload is even decompressed. Weights must be finite.
+(common.checkpoint.read_model_file, which verifies its checksum). Nothing is built before it is checked
+(model.validate, quant.validate): the config's fields must be within bounds and the file's tensors exactly the
+names and shapes that config builds, so a damaged or hostile file cannot make the loader allocate more than the
+file holds. For an artifact the check runs on its manifest, before the payload is even decompressed. Weights must
+be finite.
 With `int6_kernel`, the int6 block matrices are also handed to their Linear layers (set_int6) so the forward
 runs the int6-dequant matmul on the packed weights instead of the float copies. A parameter the file holds in
 bf16 stays bf16 in the built model (`keep_stored_dtypes`): PR #598 trained, stored and test-time-trained its
@@ -25,7 +26,7 @@ class ModelSource(NamedTuple):
     config: object          # model.config.ModelConfig
     state: dict             # name -> float tensor
     int6: dict              # name -> (packed uint8, fp32 scales); artifacts read with int6_kernel only
-    provenance: dict | None  # train.provenance fields, None for files written before they were recorded
+    provenance: dict | None  # common.provenance fields, None for files written before they were recorded
     kind: str               # "artifact" | "model_file"
 
 
@@ -45,7 +46,8 @@ def _check_finite(state: dict, where: str) -> None:
 
 def read_model_source(path: str | os.PathLike, *, int6_kernel: bool = False) -> ModelSource:
     """Read and check an artifact or model file without building the model (see the module docstring)."""
-    from quant.validate import check_model_tensors, manifest_shapes
+    from model.validate import check_model_tensors
+    from quant.validate import manifest_shapes
 
     path = Path(path)
     where = str(path)
@@ -76,7 +78,7 @@ def read_model_source(path: str | os.PathLike, *, int6_kernel: bool = False) -> 
         if int6_kernel:
             raise ValueError(f"{path}: --int6-kernel needs a quantized artifact (quant.artifact), "
                              "not a float model file")
-        from train.checkpoint import read_model_file
+        from common.checkpoint import read_model_file
         try:
             model_file = read_model_file(path)
         except ValueError as e:

@@ -7,7 +7,7 @@ the model count of model.flops (matmuls 2 FLOPs per weight per token, causal att
     each head position (model.nll_at's K per row) the tied head;
   - TTT training: every trained token costs forward + backward with the frozen blocks' weight gradients left out.
 The minimum per scored target is (window / stride) forwarded tokens plus one head position; per trained token it
-is the training count itself. eval.accounting counts what the code actually runs against these.
+is the training count itself. bench.eval_accounting counts what the code actually runs against these.
 
 Time: `project(plan, batch_s, step_s)` is the scoring and training seconds of the plan at measured seconds per
 score batch and per SGD step (one rank; ranks run in parallel); `epochs_for_budget` the largest epoch count whose

@@ -159,7 +159,7 @@ def plain_evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts=None, 
                    target_bytes: torch.Tensor | None = None, seq_len: int | None = None, batch: int = 32) -> dict:
     """Non-overlapping eval: the stream cut into seq_len sequences, loss from model(x, y) (its mean loss).
 
-    The stream must hold 1 + k*seq_len tokens (as train.data.shards.load_validation_tokens truncates it).
+    The stream must hold 1 + k*seq_len tokens (as common.shards.load_validation_tokens truncates it).
     Single process only; it exists as the training-time metric and as an independent cross-check.
     """
     device = model_device(model)

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from eval.budget import fit_epochs_to_budget, measure_rates
 from eval.distributed import rank_and_world
 from eval.frozen_prefix import detach_frozen_blocks
 from eval.legality import LegalityGuard
@@ -44,7 +45,7 @@ from eval.phase_clock import PhaseClock
 from eval.scoring import (_prepare, _progress_bar, autocast_for, compile_default, compiled_nll, model_device,
                           model_seq_len, score_windows)
 from eval.totals import ScoreAccumulator, ScoreTotals
-from eval.ttt_step import FlatGradSGD
+from eval.ttt_step import FlatGradSGD, late_qat_for_training
 from eval.windows import chunk_target_range, chunk_window_bounds, contiguous_share, num_chunks, plan_windows
 
 
@@ -156,7 +157,7 @@ class ScoreFirstTTT:
         self.step.set_lr(self.lr_for(chunk_index) if lr is None else lr)
         self.model.train()
         mark = self.phases.start("train")
-        with _fake_quant(self.model, cfg.qat):
+        with late_qat_for_training(self.model, cfg.qat):
             for _ in range(cfg.epochs):
                 self.guard.check_train(lo + 1, hi)
                 self._sgd_step(x_mine, y_mine)
@@ -248,12 +249,10 @@ class ScoreFirstTTT:
     # ---- time budget (eval.budget) -------------------------------------------------------------------
     def measure_rates(self, reps: int = 2) -> dict:
         """Seconds per score batch and per SGD step, timed on random tokens (eval.budget.measure_rates)."""
-        from eval.budget import measure_rates
         return measure_rates(self, reps)
 
     def fit_epochs_to_budget(self, budget_s: float, max_epochs: int = 50, reps: int = 2) -> dict:
         """Set the epoch count to the largest whose projected total fits `budget_s` (eval.budget)."""
-        from eval.budget import fit_epochs_to_budget
         return fit_epochs_to_budget(self, budget_s, max_epochs, reps)
 
 
@@ -276,28 +275,3 @@ def ttt_evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts=None, *,
             ttt.restore_requires_grad()
             raise
     return ttt.run(progress=progress, on_chunk=on_chunk)
-
-
-class _fake_quant:
-    """Turn the model's fake int6 STE quantization (GPT.set_late_qat) on for TTT training forwards (--ttt-qat).
-
-    598 ran its TTT adaptation with late QAT active (spec §6.3), and its flag is class-wide on CastedLinear, so
-    it covers the block matrices and the bigram and value-embedding projections: GPT.qat_linears() is that
-    set. Scoring always uses the plain float weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, enabled: bool):
-        self.model, self.enabled = model, enabled
-        self.previous = bool(getattr(model, "late_qat", False))
-
-    def __enter__(self):
-        if self.enabled:
-            if not hasattr(self.model, "set_late_qat"):
-                raise ValueError("--ttt-qat needs a model with set_late_qat(enabled) (model.gpt.GPT)")
-            self.model.set_late_qat(True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.model.set_late_qat(self.previous)
-        return False

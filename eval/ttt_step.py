@@ -6,7 +6,8 @@ for the clip) that is hundreds of small kernels per step. Here every trainable p
 one flat buffer per parameter dtype (one fp32 buffer, plus a bf16 one when tok_emb is stored in bf16 as in
 PR #598), so backward accumulates straight into it; zeroing, the cross-rank average (one all_reduce per buffer,
 no copies), the global-norm clip (one norm per buffer, one scale) and the fused SGD update are a handful of
-launches, and none reads a value back to the host. `eval.accounting.ttt_step_kernel_ops` counts both paths.
+launches, and none reads a value back to the host. `bench.eval_accounting.ttt_step_kernel_ops` counts both paths.
+`late_qat_for_training` turns the fake int6 quantization on around the TTT training forwards (--ttt-qat).
 
 `FlatGradSGD(..., flat=False)` keeps the tensor-by-tensor path (torch.optim.SGD's default implementation,
 torch.nn.utils.clip_grad_norm_, eval.distributed.average_gradients_) as the reference.
@@ -115,3 +116,28 @@ def _fused_sgd(params: list[torch.nn.Parameter], lr: float, momentum: float) -> 
 def _has_avg(tensor: torch.Tensor) -> bool:
     """ReduceOp.AVG exists only on NCCL; gloo (CPU) sums and the caller divides."""
     return tensor.is_cuda
+
+
+class late_qat_for_training:
+    """Turn the model's fake int6 STE quantization (GPT.set_late_qat) on for TTT training forwards (--ttt-qat).
+
+    598 ran its TTT adaptation with late QAT active (spec §6.3), and its flag is class-wide on CastedLinear, so
+    it covers the block matrices and the bigram and value-embedding projections: GPT.qat_linears() is that
+    set. Scoring always uses the plain float weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, enabled: bool):
+        self.model, self.enabled = model, enabled
+        self.previous = bool(getattr(model, "late_qat", False))
+
+    def __enter__(self):
+        if self.enabled:
+            if not hasattr(self.model, "set_late_qat"):
+                raise ValueError("--ttt-qat needs a model with set_late_qat(enabled) (model.gpt.GPT)")
+            self.model.set_late_qat(True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.model.set_late_qat(self.previous)
+        return False

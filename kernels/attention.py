@@ -22,25 +22,20 @@ Offsets: batch and head bases are int64; offsets inside one batch element are in
 reject a batch element of 2^31 elements or more with a clear error.
 """
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.attention_backward import attention_backward
+from kernels.attention_common import (DEFAULT_DQ_MODE, DQ_MODES, INTERPRET, LOG2E, check_dq_mode,  # noqa: F401
+                                      check_int32_span, check_qkv, kernel_flags)  # (re-exported)
 from kernels.autocast import cast_to_one_dtype
 from kernels.rope import qk_norm_rope, rotate_half_split  # noqa: F401  (attention family re-exports)
 from kernels.xsa import XSA_EPS, exclusive_projection, xsa_unit  # noqa: F401
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-LOG2E = 1.4426950408889634
-SUPPORTED_HEAD_DIMS = (32, 64, 128)
-INT32_SPAN = 2 ** 31
 # fp32 on a GPU is a correctness path: exact "ieee" dots run on CUDA cores, so small fixed blocks (spill-free), no sweep
 GPU_FP32_LAUNCH = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
-# the backward's dQ paths (kernels/attention_backward.py); deterministic by default until a GPU measures otherwise
-DQ_MODES = ("two_stage", "atomic", "separate")
-DEFAULT_DQ_MODE = "two_stage"
 
 # (BLOCK_M tile rows, BLOCK_N keys, num_warps, num_stages); a tile holds PACK heads x BLOCK_M / PACK positions,
 # and BLOCK_M / PACK must be a multiple of BLOCK_N. Spill-free at head_dim 64 on sm_80 and sm_90a (python -m
@@ -141,44 +136,6 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, coef_ptr,
 # ----------------------------------------------------------------------------------------------
 # Host launchers
 # ----------------------------------------------------------------------------------------------
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention: q, k, v must be (B, T, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"attention: shapes do not fit (B, T, Hq, D) / (B, T, Hkv, D): q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if k.size(2) == 0 or q.size(2) % k.size(2) != 0:
-        raise ValueError(f"attention: query heads {q.size(2)} must be a multiple of KV heads {k.size(2)}")
-    if q.size(3) not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"attention: head_dim {q.size(3)} unsupported by the Triton kernel; "
-                         f"use one of {SUPPORTED_HEAD_DIMS}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"attention: q, k, v must share one float dtype (fp32/bf16/fp16); "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if any(t.stride(-1) != 1 for t in (q, k, v)):
-        raise ValueError("attention: the head_dim axis of q, k, v must be contiguous (stride 1)")
-    check_int32_span(q, k, v)
-
-
-def check_int32_span(*tensors: torch.Tensor) -> None:
-    """The kernels index inside one batch element with int32 (batch and head bases are int64)."""
-    for t in tensors:
-        span = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:]))
-        if t.numel() and span >= INT32_SPAN:
-            raise ValueError(f"attention: one batch element spans {span} elements; the kernels need < 2^31")
-
-
-def check_dq_mode(dq_mode: str) -> None:
-    if dq_mode not in DQ_MODES:
-        raise ValueError(f"attention: dq_mode {dq_mode!r} unknown; use one of {DQ_MODES}")
-
-
-def kernel_flags(dtype: torch.dtype) -> dict:
-    """UPCAST: fp32 math inside the kernel (the interpreter cannot do bf16); PRECISION: exact fp32 dots."""
-    return dict(UPCAST=INTERPRET, PRECISION="ieee" if dtype == torch.float32 else "tf32")
-
-
 def head_pack(group: int) -> int:
     """Query heads stacked per forward tile: 2 when the KV group has an even size (the seed's 8/4), else 1."""
     return 2 if group % 2 == 0 else 1
@@ -251,7 +208,6 @@ def _(q, k, v, xsa=False, dq_mode=DEFAULT_DQ_MODE):
 def causal_gqa_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   o: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, xsa: bool,
                                   dq_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from kernels.attention_backward import attention_backward  # it imports this module's helpers
 
     return attention_backward(do if do.stride(-1) == 1 else do.contiguous(), q, k, v, o, lse,
                                   coef=coef if xsa else None, dq_mode=dq_mode)

@@ -12,21 +12,23 @@ Three launches:
    units: S^T = K Q^T; dV += P^T dO; dP^T = V dO^T; dK += dS^T Q; dQ_part = dS K. (The old path computed
    dQ in its own kernel, recomputing S and dP there: seven units, 3.5x the forward instead of 2.5x.)
 3. dQ from the partials, by `dq_mode`:
-   - "two_stage" (default, deterministic): each program stores its dQ_part to an fp32 scratch indexed by
+   - "two_stage" (deterministic): each program stores its dQ_part to an fp32 scratch indexed by
      (key block, query row), packed triangularly (key block j holds rows j * BLOCK_N .. T-1), and a reduce
      kernel sums the partials of each query row over key blocks in a fixed order, scales and casts.
      Scratch: about T / (2 BLOCK_N) + 1/2 times an fp32 dQ (at the seed's B48 T2048 8 heads BLOCK_N 128:
      8.5 x 201 MB = 1.7 GB, transient), written once and read once.
    - "atomic": fp32 atomic adds of dQ_part into one fp32 dQ (FlashAttention-2's way), then a scale + cast.
      No scratch beyond one fp32 dQ, but the summation order, hence the last bits, varies run to run.
-   - "separate": step 2 skips dQ (four units) and the old dQ kernel recomputes S and dP per query block
-     (three units): seven in all, deterministic, no scratch.
+   - "separate" (default, deterministic): step 2 skips dQ (four units) and the old dQ kernel recomputes S and
+     dP per query block (three units): seven in all, no scratch.
    Cost model (not measured; no GPU has run this): at the seed's shape the backward is about 0.5 TFLOP per
    layer and GPU; "two_stage" adds about 3.4 GB of memory traffic to it, "separate" adds 40 % of its
    FLOPs, "atomic" adds 1.7 GB of L2 reductions. Which is fastest is for a GPU to decide (bench
    `attention bwd` cases); the default stays deterministic unless a measurement shows it more than 5 %
-   slower than "atomic". An ordered-semaphore variant (FlashAttention-3's deterministic mode) would avoid
-   the scratch but relies on spin-waits and block scheduling order that cannot be tested without a GPU.
+   slower than "atomic"; among the deterministic two, the roofline projection (bench/rehearsal/roofline.py)
+   picks "separate" at the seed's shapes on H100 and A100 until a GPU measures them. An ordered-semaphore
+   variant (FlashAttention-3's deterministic mode) would avoid the scratch but relies on spin-waits and block
+   scheduling order that cannot be tested without a GPU.
 FLOPs: 2.5x the forward (five matmuls over the half square); "separate" executes 3.5x.
 """
 import math
@@ -35,9 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import (DEFAULT_DQ_MODE, INTERPRET, LOG2E, XSA_EPS, check_dq_mode, check_int32_span,
-                               check_qkv, kernel_flags)
-from kernels.xsa import xsa_dv, xsa_unit
+from kernels.attention_common import (DEFAULT_DQ_MODE, INTERPRET, LOG2E, check_dq_mode, check_int32_span, check_qkv,
+                                      kernel_flags)
+from kernels.xsa import XSA_EPS, xsa_dv, xsa_unit
 
 # main kernel: BLOCK_N keys per program is picked by the launcher (it fixes the two-stage scratch layout);
 # the autotuner picks (BLOCK_M queries per step, num_warps, num_stages). BLOCK_N % BLOCK_M == 0.

@@ -1,10 +1,10 @@
 """Int6-dequant matmul: y = x @ dequant(W)^T read straight from the 4-values-in-3-bytes packed weight.
 
-Why: at evaluation and TTT time the block matrices are int6 (quant.pack layout, per-row scales). Reading
+Why: at evaluation and TTT time the block matrices are int6 (kernels.int6_layout, per-row scales). Reading
 the packed bytes inside the matmul moves 3/8 of the bf16 weight bytes and never builds a dequantized
 copy of W in memory.
 
-Layout read (quant/pack.py): packed is uint8 (N, 3 * ceil(K / 4)); group g of row n holds values
+Layout read (kernels/int6_layout.py): packed is uint8 (N, 3 * ceil(K / 4)); group g of row n holds values
 4g..4g+3 as the little-endian 24-bit word u0 | u1 << 6 | u2 << 12 | u3 << 18, with u = q + 32.
 A (BLOCK_N, BLOCK_K) weight tile is BLOCK_K / 4 groups per row: the kernel loads the three byte planes
 (byte 3g + 0, 1, 2) as three strided gathers, rebuilds the word, splits it into the four 6-bit fields
@@ -29,7 +29,7 @@ import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
 from kernels.launch import fixed_launch
-from quant.pack import packed_row_bytes
+from kernels.int6_layout import packed_row_bytes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SMALL_M = 64  # at or below this many rows the matmul is memory/latency bound: small-M tile configs
@@ -279,7 +279,7 @@ _int6_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
-    """y = x @ dequant(W)^T for int6 weights packed 4-per-3-bytes (quant.pack layout) with per-row scales.
+    """y = x @ dequant(W)^T for int6 weights packed 4-per-3-bytes (kernels.int6_layout) with per-row scales.
 
     x: (..., in_features) fp32/bf16/fp16; packed: uint8 (N, 3*ceil(in_features/4)); scales: (N,) float.
     Returns (..., N) in x's dtype, or the autocast dtype under autocast (as F.linear in the eager twin).

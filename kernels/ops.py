@@ -17,12 +17,12 @@ kernels run in Triton's interpreter, a correctness tool).
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
-BACKENDS = {"eager": "kernels.reference", "triton": "kernels.triton_ops"}
+from kernels import reference
+
+BACKENDS = ("eager", "triton")
 CHOICES = ("triton", "eager", "inductor")
-MODULE_OF_CHOICE = {"triton": "kernels.triton_ops", "eager": "kernels.reference", "inductor": "kernels.reference"}
 
 # op family -> the op functions it covers (one family per kernel file)
 FAMILIES = {
@@ -133,13 +133,25 @@ def default_kernels(device_type: str, compiled: bool) -> tuple[str, str]:
     return "triton", ",".join(f"{f}=inductor" for f in GLUE_FAMILIES)
 
 
+def module_of_choice(choice: str):
+    """The module whose functions a choice runs: kernels.triton_ops for "triton", the eager twins of
+    kernels.reference for "eager" and "inductor". The Triton families are imported here, on first use, not at the
+    top of this file: importing them imports triton and registers every custom op (0.8 s on a 2-core CPU), which
+    a policy without a "triton" choice (the CPU's default) does not need. A plain import, so tools (lint-imports,
+    the bundle's module scan) see the dependency."""
+    if choice == "triton":
+        from kernels import triton_ops
+        return triton_ops
+    return reference
+
+
 class Ops:
     """The op functions a policy picks, as plain attributes (so a model holding it can be deep-copied and
     traced by torch.compile like any module attribute)."""
 
     def __init__(self, policy: "KernelPolicy | str"):
         self.policy = KernelPolicy.whole(policy) if isinstance(policy, str) else policy
-        modules = {choice: importlib.import_module(MODULE_OF_CHOICE[choice]) for choice in set(self.policy.values())}
+        modules = {choice: module_of_choice(choice) for choice in set(self.policy.values())}
         for family, names in FAMILIES.items():
             module = modules[self.policy[family]]
             for name in names:

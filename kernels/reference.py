@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.autocast import autocast_dtype, cast_for_autocast, cast_to_one_dtype
+from kernels.int6_layout import unpack_int6
 
 
 def rms_norm(x: torch.Tensor, scale: float = 1.0, eps: float | None = None) -> torch.Tensor:
@@ -108,9 +109,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
 
 
 def int6_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
-    """y = x @ dequant(W)^T for int6 weights packed 4-per-3-bytes (quant.pack layout) with per-row scales."""
-    from quant.pack import unpack_int6
-
+    """y = x @ dequant(W)^T for int6 weights packed 4-per-3-bytes (kernels.int6_layout) with per-row scales."""
     q = unpack_int6(packed, in_features)
     w = q.to(torch.float32) * scales.to(torch.float32)[:, None]
     x = cast_for_autocast(x)

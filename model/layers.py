@@ -16,7 +16,7 @@ from torch import nn
 
 from kernels.ops import get_ops
 from model.qat import fake_quant_delta, fake_quant_int6
-from quant.pack import packed_row_bytes
+from kernels.int6_layout import packed_row_bytes
 
 
 class Linear(nn.Module):
@@ -37,7 +37,7 @@ class Linear(nn.Module):
         return self.int6_packed is not None
 
     def set_int6(self, packed: torch.Tensor, scales: torch.Tensor) -> None:
-        """Use int6 weights (quant.pack layout, uint8 (out, 3*ceil(in/4)), per-row scales (out,)) from now on."""
+        """Use int6 weights (kernels.int6_layout: uint8 (out, 3*ceil(in/4)), per-row scales (out,)) from now on."""
         want = (self.out_features, packed_row_bytes(self.in_features))
         if packed.dtype != torch.uint8 or tuple(packed.shape) != want:
             raise ValueError(f"set_int6: expected uint8 packed weights of shape {want}, "

@@ -7,7 +7,7 @@ The last line printed is JSON (artifact, code and total bytes, headroom, cap, ok
 when --eval-data is given). Exits 1 with a message when the total is over the cap or a figure is not finite.
 Every input and the --out path are checked before any work: an existing --out (the model file itself included)
 is refused unless --overwrite is given. The model file's provenance (tokenizer fingerprint, data identity) is
-copied into the artifact's manifest. Errors are one line (train.cli_errors).
+copied into the artifact's manifest. Errors are one line (common.cli_errors).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, 
                             stored_bytes, write_atomic)
 from quant.schemes import CLIP_MODES, DEFAULT_CLIP, DEFAULT_SCALE_FLOOR, quantize_state_dict
 from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
-from train.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
+from common.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
                               positive_float, positive_int, run_cli)
 
 
@@ -65,9 +65,12 @@ def int6_report(qtensors) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "submit":  # `python -m quant submit RUN --out records/...`: quant.submit
+    if argv and argv[0] == "submit":  # `python -m quant submit RUN... --out records/...`: quant.submit
         from quant.submit import main as submit_main
         return submit_main(argv[1:])
+    if argv and argv[0] == "bundle":  # `python -m quant bundle --out train_gpt.py`: quant.bundle_cli
+        from quant.bundle_cli import main as bundle_main
+        return bundle_main(argv[1:])
     args = parse_args(argv)
     return run_cli(lambda: run(args))
 
@@ -80,7 +83,7 @@ def check_inputs(args: argparse.Namespace) -> str | None:
         check_input_file(path, "--code-files entry")
     if not args.eval_data:
         return None
-    from train.data.shards import list_shards
+    from common.shards import list_shards
 
     list_shards(args.eval_data, "val")
     return str(check_input_file(args.tokenizer or Path(args.eval_data) / "tokenizer.model", "tokenizer"))
@@ -88,14 +91,14 @@ def check_inputs(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize, write, report; returns the exit status."""
-    from train.checkpoint import read_model_file
+    from common.checkpoint import read_model_file
 
     tokenizer = check_inputs(args)
     source = read_model_file(args.model_file)
     config, state = source.config, source.state
     if tokenizer:  # the quant gap builds the model and scores it: check what it needs first
-        from quant.validate import check_model_tensors
-        from train.provenance import check_tokenizer
+        from model.validate import check_model_tensors
+        from common.provenance import check_tokenizer
 
         check_model_tensors(config, {k: tuple(v.shape) for k, v in state.items()}, args.model_file)
         check_tokenizer(source.provenance, tokenizer, args.model_file)

@@ -32,7 +32,7 @@ are, and against the seed's torch.save of the same quantized tensors + zstd-22, 
     (much of it fp16 passthrough), -46,874 on the seed proxy (fp32 projections, scales).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
-quant.pack ("packed"). Through zstd-22 the int8 containers come out smaller: the byte alphabet stays visible
+kernels.int6_layout ("packed"). Through zstd-22 the int8 containers come out smaller: the byte alphabet stays visible
 to zstd's entropy coder, while packing smears each value across byte boundaries (format 1, seed-size state
 dicts, `python -m quant --compare-storage`: GPT init 5,150,896 (int8) vs 5,719,524 (packed) bytes; all 66
 matrices N(0, 0.3^2) 18,421,483 vs 19,881,222 bytes).
@@ -52,8 +52,8 @@ from pathlib import Path
 import torch
 import zstandard
 
-from train.atomic import atomic_write
-from quant.pack import pack_int6, packed_row_bytes, unpack_int6
+from common.atomic import atomic_write
+from kernels.int6_layout import pack_int6, packed_row_bytes, unpack_int6
 from quant.schemes import (DEFAULT_SCALE_FLOOR, SCHEMES, QuantizedTensor, dequantize,
                            quantize_state_dict)
 
@@ -115,7 +115,7 @@ def stored_bytes(qt: QuantizedTensor, int6_storage: str = DEFAULT_INT6_STORAGE) 
 def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
                 provenance: dict | None = None) -> bytes:
     """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors; `provenance`
-    (train.provenance: tokenizer fingerprint, data identity) goes into the manifest, compacted, when given."""
+    (common.provenance: tokenizer fingerprint, data identity) goes into the manifest, compacted, when given."""
     if int6_storage not in INT6_STORAGES:
         raise ValueError(f"unknown int6 storage {int6_storage!r}; choose one of {INT6_STORAGES}")
     qtensors = sorted(qtensors, key=lambda qt: qt.name)
@@ -137,7 +137,7 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
     manifest = {"format_version": FORMAT_VERSION, "config": config, "int6_storage": int6_storage,
                 "tensors": [entries[qt.name] for qt in qtensors]}
     if provenance is not None:
-        from train.provenance import artifact_provenance
+        from common.provenance import artifact_provenance
         manifest["provenance"] = artifact_provenance(provenance)
     try:
         manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"),
@@ -165,7 +165,7 @@ def encode_artifact(qtensors: list[QuantizedTensor], config: dict, int6_storage:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to `path` atomically (train.atomic)."""
+    """Write bytes to `path` atomically (common.atomic)."""
     atomic_write(path, [data])
 
 

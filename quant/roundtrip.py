@@ -1,6 +1,6 @@
 """Quantization gap: val_bpb of the float model versus the dequantized artifact, on plain non-overlapping val.
 
-Both models run the same evaluation: the validation tokens (train.data.shards.load_validation_tokens) are cut
+Both models run the same evaluation: the validation tokens (common.shards.load_validation_tokens) are cut
 into non-overlapping sequences of cfg.seq_len; every target is scored with GPT.per_token_nll and its bytes
 counted with the tokenizer's byte tables (seed-spec §2.3); bpb = sum(nll) / (ln 2 * sum(bytes)) (§2.4).
 This is not the sliding-window or TTT score; it isolates what quantization costs (seed-spec §7.3).
@@ -52,7 +52,7 @@ def quant_gap(model_file: str | os.PathLike, artifact: str | os.PathLike, data_d
     `max_tokens` (optional) keeps only the first floor(max_tokens/seq_len) sequences, for quick checks.
     """
     from model.config import ModelConfig
-    from train.data.shards import load_validation_tokens
+    from common.shards import load_validation_tokens
     from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
 
     float_config, float_state = load_model_file(model_file)

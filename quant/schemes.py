@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from quant.pack import INT6_MAX, INT6_MIN
+from kernels.int6_layout import INT6_MAX, INT6_MIN
 
 INT6_NAME_PATTERN = re.compile(r"^blocks\.\d+\.(attn|mlp)\.[a-z_]+\.weight$")
 CONTROL_PATTERNS = (

@@ -3,7 +3,7 @@
 Code bytes are the UTF-8 bytes of the source a submission ships to train, compress and evaluate its model.
 The seed counted its single train_gpt.py; our equivalent is, by default, every .py file (recursively) under
 
-    kernels/  model/  train/  eval/  quant/
+    common/  kernels/  model/  train/  eval/  quant/  pipelines/
 
 except the quant files that only report and are not needed to produce or read an artifact:
 quant/__main__.py (this CLI), quant/size.py (this file) and quant/roundtrip.py (the quant-gap report).
@@ -21,7 +21,7 @@ import zstandard
 from quant.schemes import QuantizedTensor
 
 CAP_BYTES = 16_000_000
-CODE_DIRS = ("kernels", "model", "train", "eval", "quant")
+CODE_DIRS = ("common", "kernels", "model", "train", "eval", "quant", "pipelines")
 REPORT_ONLY_FILES = ("quant/__main__.py", "quant/size.py", "quant/roundtrip.py")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ESTIMATE_LEVEL = 3  # per-tensor compression used only to apportion the real compressed size

@@ -92,7 +92,7 @@ def write_fineweb_val(folder, tokenizer_path, sample_path, targets: int) -> path
     beside it (the data folder `python -m eval` reads); returns the folder."""
     import json
 
-    from train.data.shards import write_shard
+    from common.shards import write_shard
     from train.data.tokenizer import load_tokenizer
     folder = pathlib.Path(folder)
     sp = load_tokenizer(tokenizer_path)

@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from bench.rehearsal.fake_cuda import cuda_autocast
 from kernels.autocast import set_cpu_autocast
 
 _ELIGIBLE = (torch.float16, torch.bfloat16, torch.float32)  # autocast's is_eligible: floating, not fp64
@@ -41,23 +42,6 @@ def autocast_ops(dispatch_key: str) -> list[str]:
 def _overload(name: str):
     base, _, overload = name[len("aten::"):].partition(".")
     return getattr(getattr(torch.ops.aten, base), overload or "default")
-
-
-@contextlib.contextmanager
-def cuda_autocast_enabled(dtype: torch.dtype):
-    """CUDA autocast switched on without a device (what `torch.autocast("cuda")` does where CUDA is present):
-    ops on fake CUDA tensors then see CUDA's autocast kernels."""
-    prev_enabled, prev_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    torch.set_autocast_enabled("cuda", True)
-    torch.set_autocast_dtype("cuda", dtype)
-    torch.autocast_increment_nesting()
-    try:
-        yield
-    finally:
-        if torch.autocast_decrement_nesting() == 0:
-            torch.clear_autocast_cache()
-        torch.set_autocast_enabled("cuda", prev_enabled)
-        torch.set_autocast_dtype("cuda", prev_dtype)
 
 
 def _signature(args, kwargs) -> tuple:
@@ -120,7 +104,7 @@ class CudaAutocastPolicy:
             fake = tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cuda")
                             if isinstance(t, torch.Tensor) else t, (args, kwargs))
             inputs = [t for t in tree_flatten(fake)[0] if isinstance(t, torch.Tensor)]
-            with cuda_autocast_enabled(self.dtype), _CastRecorder(inputs) as with_autocast:
+            with cuda_autocast(self.dtype), _CastRecorder(inputs) as with_autocast:
                 on = _first_float_dtype(op(*fake[0], **fake[1]))
             try:
                 with _CastRecorder(inputs) as without:

@@ -10,7 +10,7 @@ import zstandard
 from quant.artifact import (FORMAT_VERSION, HEADER, MAGIC, MANIFEST_LEN, ArtifactError, artifact_body,
                             compress_body, decode_artifact, encode_artifact, load_artifact, load_artifact_int6,
                             save_artifact)
-from quant.pack import pack_int6, unpack_int6
+from kernels.int6_layout import pack_int6, unpack_int6
 from quant.schemes import quantize_state_dict
 
 CONFIG = {"num_layers": 1, "model_dim": 64, "ve_layers": [0], "backend": "eager", "rope_base": 10000.0}

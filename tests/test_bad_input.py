@@ -15,9 +15,9 @@ import train.__main__ as train_cli
 from model.config import get_config
 from model.gpt import GPT
 from quant.__main__ import main as quant_main
-from train.checkpoint import load_checkpoint, save_model_file
+from common.checkpoint import load_checkpoint, save_model_file
 from train.data.__main__ import main as data_main
-from train.provenance import run_provenance
+from common.provenance import run_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(model_dim=64, mlp_hidden=128, seq_len=32, rope_train_seq_len=32, bigram_dim=32, ve_dim=32,
@@ -227,7 +227,7 @@ def test_resume_needs_the_same_data(run_dir, corpus, tmp_path, capsys, monkeypat
         one_error_line(capsys)
     other = tmp_path / "other"
     shutil.copytree(corpus, other)
-    from train.data.shards import write_shard
+    from common.shards import write_shard
     write_shard(other / "fineweb_train_000099.bin", [1, 5, 6, 7])
     assert train_cli.main(["--resume", ckpt, "--data", str(other)]) == 1
     line = one_error_line(capsys)
@@ -328,7 +328,7 @@ def test_report_files_are_world_readable(tmp_path):
 
 
 def test_demo_prints_the_readme_stage_table():
-    from train.demo import stage_table
+    from pipelines.demo import stage_table
     table = stage_table({"unigram_val_bpb": 3.3424, "train_steps": 300, "trained_val_bpb": 2.2691,
                          "ema_val_bpb": 2.2449, "artifact_bytes": 722984, "quantized_val_bpb": 2.2471,
                          "pre_ttt_val_bpb": 2.2403, "post_ttt_val_bpb": float("nan")})

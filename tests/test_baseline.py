@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eval.baseline import unigram_bpb
-from train.data.shards import write_shard
+from common.shards import write_shard
 from train.data.tokenizer import build_byte_luts, load_tokenizer, target_bytes
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.config import get_config
-from train.checkpoint import atomic_torch_save, load_checkpoint
+from common.checkpoint import atomic_torch_save, load_checkpoint
 from train.config import get_train_config
 from train.loop import run_training
 

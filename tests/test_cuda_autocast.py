@@ -17,7 +17,7 @@ from kernels.autocast import autocast_for
 from kernels.ops import FAMILIES, KernelPolicy, default_kernels, get_ops
 from model.config import get_config
 from model.gpt import GPT
-from quant.pack import pack_int6
+from kernels.int6_layout import pack_int6
 from train.config import get_train_config
 from train.loop import run_training
 

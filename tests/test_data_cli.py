@@ -8,7 +8,7 @@ import pytest
 from train.data.__main__ import main
 from train.data.embedded import ensure_embedded_corpus, module_docstring_document, stdlib_module_paths
 from train.data.loader import DistributedTokenLoader
-from train.data.shards import list_shards, load_validation_tokens, read_shard, write_shard
+from common.shards import list_shards, load_validation_tokens, read_shard, write_shard
 from train.data.tokenizer import load_tokenizer
 
 DOCS = [f"Document number {i} talks about {'rivers' if i % 2 else 'mountains'} and the weather in May."

@@ -98,7 +98,7 @@ def test_flops_per_scored_target_and_trained_token_are_within_10_percent_of_the_
     """FlopCounterMode on the seed model (meta device): scoring only at the scored positions costs the minimum for
     the model and stride; the head over every position (the earlier path) costs exactly (2048 - 64) head positions
     more per window; TTT training costs the model count (frozen blocks without weight gradients)."""
-    from eval.accounting import score_flops_per_target, train_flops_per_token
+    from bench.eval_accounting import score_flops_per_target, train_flops_per_token
 
     scored = score_flops_per_target("seed", stride=64)
     assert scored["causal"] == pytest.approx(scored["minimum"], rel=0.10)
@@ -114,7 +114,7 @@ def test_flops_per_scored_target_and_trained_token_are_within_10_percent_of_the_
 
 
 def test_flat_optimizer_step_launches_fewer_kernel_ops():
-    from eval.accounting import ttt_step_kernel_ops
+    from bench.eval_accounting import ttt_step_kernel_ops
 
     flat, per_tensor = ttt_step_kernel_ops("tiny", flat=True), ttt_step_kernel_ops("tiny", flat=False)
     assert flat < per_tensor

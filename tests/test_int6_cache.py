@@ -5,7 +5,7 @@ import torch
 import kernels.reference as ref
 from eval.int6_cache import INT6_KERNEL_MAX_ROWS, Int6BySize, crossover_from_bench, dequantize, route_int6_by_size
 from model.layers import Linear
-from quant.pack import pack_int6
+from kernels.int6_layout import pack_int6
 
 
 def int6_linear_layer(n: int = 48, k: int = 70) -> tuple[Linear, torch.Tensor]:

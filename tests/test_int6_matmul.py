@@ -10,7 +10,7 @@ import triton
 from kernels import int6_matmul as int6
 from kernels import reference
 from kernels.int6_matmul import _prune_by_m, int6_linear, int6_linear_backward, int6_linear_forward
-from quant.pack import pack_int6
+from kernels.int6_layout import pack_int6
 
 BLOCKS = (64, 64, 64)
 SHAPES = [(1, 64, 64), (17, 96, 200), (100, 130, 128), (17, 64, 70)]  # (M, N, K); K = 70: padded rows

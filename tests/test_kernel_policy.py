@@ -161,7 +161,7 @@ def test_default_compiled_policy_is_one_graph():
 def test_train_cli_resolves_compile_and_policy():
     """--compile defaults to CUDA's presence; --kernels goes on top of --backend or of the device's default."""
     from train.__main__ import build_parser, configs_from_args
-    from train.cli_errors import CLIError
+    from common.cli_errors import CLIError
 
     parse = build_parser().parse_args
     tcfg, mcfg = configs_from_args(parse(["--preset", "tiny", "--kernels", "attention=inductor"]))

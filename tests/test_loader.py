@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from train.data.loader import DistributedTokenLoader, TokenStream
-from train.data.shards import shard_name, write_shard
+from common.shards import shard_name, write_shard
 
 
 @pytest.fixture

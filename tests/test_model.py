@@ -9,7 +9,7 @@ from model.embeddings import bigram_buckets
 from model.gpt import GPT
 from model.qat import fake_quant_int6
 from model.rotary import rope_base_for
-from quant.pack import pack_int6
+from kernels.int6_layout import pack_int6
 
 SEED_SHAPES = {
     "tok_emb.weight": (1024, 512), "bigram.embed.weight": (2048, 128), "bigram.proj.weight": (512, 128),

@@ -6,7 +6,7 @@ layers) with every parameter randomly perturbed (so the zero-initialized project
     forward and backward, and never calls an eager twin of kernels.reference;
   - its loss and every parameter gradient match backend "eager" in fp32;
   - a few real optimizer steps (Muon + AdamW from train.optim, grad clip as the training loop) track eager;
-  - with int6 block weights (quant.schemes + quant.pack) per_token_nll and its gradients match eager;
+  - with int6 block weights (quant.schemes + kernels.int6_layout) per_token_nll and its gradients match eager;
   - torch.compile(fullgraph=True, backend="aot_eager") of the Triton model holds every kernel family in its
     one graph and matches eager in loss and gradients.
 Everything runs on the kernel test device: the CPU under the Triton interpreter, or CUDA where present (the
@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from kernels import reference
 from model.config import get_config
 from model.gpt import GPT
-from quant.pack import pack_int6
+from kernels.int6_layout import pack_int6
 from quant.schemes import quantize_int6_per_row
 from train.config import get_train_config
 from train.optim import build_optimizers

@@ -1,8 +1,8 @@
-"""quant.pack: the documented 4-in-3-bytes int6 layout, exact for every value, odd widths, and bad input."""
+"""kernels.int6_layout: the documented 4-in-3-bytes int6 layout, exact for every value, odd widths, and bad input."""
 import pytest
 import torch
 
-from quant.pack import INT6_MAX, INT6_MIN, pack_int6, packed_row_bytes, unpack_int6
+from kernels.int6_layout import INT6_MAX, INT6_MIN, pack_int6, packed_row_bytes, unpack_int6
 
 ALL_VALUES = torch.arange(INT6_MIN, INT6_MAX + 1, dtype=torch.int8)  # all 64 int6 values
 

@@ -177,7 +177,8 @@ def test_quantize_state_dict_is_sorted_and_rejects_bad_clip():
 def test_code_files_and_cap_verdict(tmp_path):
     files = default_code_files()
     names = {f.as_posix() for f in files}
-    assert "quant/artifact.py" in names and "quant/pack.py" in names and "kernels/ops.py" in names
+    assert "quant/artifact.py" in names and "kernels/int6_layout.py" in names and "kernels/ops.py" in names
+    assert "common/checkpoint.py" in names and "pipelines/challenge_main.py" in names
     assert "quant/__main__.py" not in names and "quant/size.py" not in names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     (tmp_path / "a.py").write_text("x = 'é'\n", encoding="utf-8")
@@ -250,7 +251,7 @@ def test_quant_gap_scores_float_and_artifact_on_the_same_val_tokens(tmp_path, re
     from model.gpt import GPT
     from quant.artifact import save_artifact
     from quant.roundtrip import quant_gap
-    from train.data.shards import write_shard
+    from common.shards import write_shard
     import numpy as np
 
     torch.manual_seed(0)

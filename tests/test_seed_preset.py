@@ -9,7 +9,7 @@ import torch
 
 import train.__main__ as train_cli
 from model.config import get_config
-from train.checkpoint import load_checkpoint, read_model_file
+from common.checkpoint import load_checkpoint, read_model_file
 from train.config import LEGACY_VALUES, TrainConfig, get_train_config
 from train.data.loader import DistributedTokenLoader
 from train.loop import run_training
@@ -136,7 +136,7 @@ def test_seed_preset_keeps_tok_emb_in_bf16_from_training_to_ttt(corpus, tmp_path
     evaluation keeps it, so TTT updates it in bf16 too (one flat gradient buffer per dtype)."""
     from eval.loading import build_model, read_model_source
     from eval.ttt import TTTConfig, ttt_evaluate
-    from train.data.shards import load_validation_tokens
+    from common.shards import load_validation_tokens
     from train.data.tokenizer import build_byte_luts, load_tokenizer
 
     tcfg, mcfg = seed_configs(steps=3)
@@ -218,6 +218,15 @@ def test_print_config_lists_exactly_the_deviations(capsys, monkeypatch):
     assert train_cli.main(["--preset", "seed", "--print-config", "--no-accumulate-bigram-scale-grad"]) == 0
     flagged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "train.accumulate_bigram_scale_grad" in flagged["differs"]
+
+
+def test_print_config_states_the_quantizer_defaults():
+    from quant.artifact import DEFAULT_LEVEL
+    from quant.schemes import DEFAULT_CLIP, DEFAULT_SCALE_FLOOR
+    from train.seed_run import QUANT_DEFAULTS
+
+    assert (QUANT_DEFAULTS["clip"], QUANT_DEFAULTS["scale_floor"], QUANT_DEFAULTS["zstd_level"]) == (
+        DEFAULT_CLIP, DEFAULT_SCALE_FLOOR, DEFAULT_LEVEL)
 
 
 def test_presets_and_saved_configs():

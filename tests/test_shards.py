@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.data.shards import (HEADER_BYTES, MAGIC, VERSION, ShardError, ShardWriter, list_shards,
+from common.shards import (HEADER_BYTES, MAGIC, VERSION, ShardError, ShardWriter, list_shards,
                                load_validation_tokens, read_header, read_shard, shard_name, write_shard)
 
 

@@ -1,2 +1,2 @@
-"""The training job: data pipeline (shards, streaming loader, tokenizer, embedded corpus), Muon + AdamW,
-schedule, EMA, torchrun DDP, checkpoints and logging."""
+"""The training job: data pipeline (streaming loader, tokenizer, embedded corpus), Muon + AdamW, schedule, EMA,
+torchrun DDP and logging. Checkpoints and model files are written in common.checkpoint's format."""

@@ -12,7 +12,7 @@ deviations the README lists.
 
 An --out folder that already holds a run (checkpoint, final model, metrics) is refused unless --overwrite is
 given or the run is resumed there. Every argument and path is checked before training starts; errors are one
-line (train.cli_errors); Ctrl-C names the checkpoint to resume from; a non-finite figure exits with status 1.
+line (common.cli_errors); Ctrl-C names the checkpoint to resume from; a non-finite figure exits with status 1.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.cli_errors import (ArgumentParser, CLIError, check_input_file, check_output_dir, fail_on_nonfinite,
+from common.cli_errors import (ArgumentParser, CLIError, check_input_file, check_output_dir, fail_on_nonfinite,
                               nonnegative_float, nonnegative_int, positive_float, positive_int, run_cli,
                               unit_interval)
 from train.config import TRAIN_PRESETS
@@ -132,7 +132,7 @@ def configs_from_args(args):
         mcfg = get_config(tcfg.model_preset, **model_overrides)
     except TypeError as e:  # a value of the wrong type, e.g. --model ve_layers=3
         raise CLIError(f"--model: {e}") from e
-    from quant.validate import validate_config
+    from model.validate import validate_config
     validate_config(mcfg.to_dict(), "--model")  # the bounds a loader enforces: no 100,000-layer typo
     return tcfg, mcfg
 
@@ -221,7 +221,7 @@ def interrupt_message(run: dict) -> str:
 
 def run(args, state: dict) -> int:
     """Check everything, then train; returns the exit status."""
-    from train.checkpoint import load_checkpoint
+    from common.checkpoint import load_checkpoint
 
     if args.cpu_threads:
         import torch

@@ -6,7 +6,7 @@ so the last checkpoint on disk stays good. Before step 1 a fresh run makes the s
 The gradient of bigram.scale (in no optimizer) sums over the warm-up and every step and counts toward the clip
 norm when tcfg.accumulate_bigram_scale_grad (PR #598's run), else it is cleared every step; checkpoints keep it.
 Late QAT fires once the LR multiplier drops below tcfg.late_qat_threshold; it fake-quantizes the training
-forwards only with tcfg.late_qat_in_training, and the final model records that it fired (train.provenance), which
+forwards only with tcfg.late_qat_in_training, and the final model records that it fired (common.provenance), which
 makes evaluation's TTT fake-quantize by default, as PR #598's did.
 Outputs in OUT: metrics.jsonl, checkpoint.pt, final_model.pt (EMA weights), loss_curve.png, and the run's figures
 as one JSON line on stdout.
@@ -23,17 +23,17 @@ import torch
 
 from kernels.autocast import autocast_for
 from model.config import ModelConfig
-from train.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
+from common.checkpoint import load_checkpoint, save_checkpoint, save_model_file, set_rng_state
 from train.compiled import training_module, warm_up
 from train.config import TrainConfig
 from train.data.loader import DistributedTokenLoader
-from train.data.shards import list_shards, load_validation_tokens
+from common.shards import list_shards, load_validation_tokens
 from train.data.tokenizer import build_byte_luts, check_vocab, load_tokenizer
 from train.distributed import DistContext, all_reduce_mean, setup_distributed, teardown_distributed
 from train.ema import EMA
 from train.logging_utils import MetricsLogger, plot_loss_curve, print_final
 from train.optim import orphan_parameters
-from train.provenance import LATE_QAT_KEY, check_data, check_tokenizer, run_provenance
+from common.provenance import LATE_QAT_KEY, check_data, check_tokenizer, run_provenance
 from train.schedule import lr_multiplier, muon_momentum
 from train.step import backward_micro_batches, build_training_model, build_training_optimizers
 from train.validation import evaluate

@@ -111,19 +111,20 @@ SEED_RUN: tuple[SeedSetting, ...] = tuple(
 )
 
 
+# `python -m quant`'s defaults (no preset sets them). train sits below quant, so they are restated here;
+# tests/test_seed_preset.py holds them equal to quant.schemes and quant.artifact.
+QUANT_DEFAULTS = {"clip": "per-row", "scale_floor": 1.0 / 31.0, "zstd_level": 22, "container": "triton-golf artifact"}
+
+
 def resolved_values(tcfg, mcfg, ecfg=None) -> dict[str, dict]:
     """{section: {field: value}} of this package for a training config, a model config and eval settings
     (default: the bundle's / README recipe's EvalSettings()), and the quantizer's defaults."""
-    from quant.artifact import DEFAULT_LEVEL
-    from quant.schemes import DEFAULT_CLIP, DEFAULT_SCALE_FLOOR
     from train.challenge_env import EvalSettings
 
     model = mcfg.to_dict()
     model["ve_layers"] = tuple(model["ve_layers"])
     return {"train": tcfg.to_dict(), "model": model,
-            "eval": dataclasses.asdict(ecfg if ecfg is not None else EvalSettings()),
-            "quant": {"clip": DEFAULT_CLIP, "scale_floor": DEFAULT_SCALE_FLOOR, "zstd_level": DEFAULT_LEVEL,
-                      "container": "triton-golf artifact"}}
+            "eval": dataclasses.asdict(ecfg if ecfg is not None else EvalSettings()), "quant": dict(QUANT_DEFAULTS)}
 
 
 def _same(ours, seed) -> bool:

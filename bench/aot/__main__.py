@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     from bench.aot.case import seed_shapes
     from bench.aot.compile import ARCHS
     from bench.aot.coverage import uncovered
-    from train.atomic import atomic_write
+    from common.atomic import atomic_write
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)

@@ -1,6 +1,6 @@
 """`python -m train.data`: download | tokenize | embedded | inspect.
 
-Arguments are range-checked while parsing; errors print one line (train.cli_errors) and exit with status 1
+Arguments are range-checked while parsing; errors print one line (common.cli_errors) and exit with status 1
 (2 for an argument argparse refuses). `tokenize` refuses an --out folder that already holds shards or a tokenizer
 unless --overwrite is given, and a --train-tokenizer size the documents cannot reach.
 """
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from train.cli_errors import (ArgumentParser, CLIError, check_input_file, check_output_dir, int_in,
+from common.cli_errors import (ArgumentParser, CLIError, check_input_file, check_output_dir, int_in,
                               nonnegative_int, positive_int, run_cli)
 
 MAX_VOCAB = 65_536  # token ids are uint16 in the shards
@@ -79,7 +79,7 @@ def _embedded(args) -> None:
 def _inspect(args) -> None:
     import numpy as np
 
-    from train.data.shards import read_header, read_shard
+    from common.shards import read_header, read_shard
 
     check_input_file(args.shard, "shard")
     header = read_header(args.shard)

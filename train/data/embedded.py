@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from train.atomic import atomic_write
+from common.atomic import atomic_write
 from train.data.tokenize_text import train_tokenizer, write_token_shards
 
 MANIFEST_FORMAT = 1

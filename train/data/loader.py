@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.data.shards import list_shards, read_shard
+from common.shards import list_shards, read_shard
 
 
 class TokenStream:

@@ -13,8 +13,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from train.atomic import atomic_write
-from train.data.shards import SHARD_TOKENS, ShardWriter
+from common.atomic import atomic_write
+from common.shards import SHARD_TOKENS, ShardWriter
 
 BOS_ID = 1
 _MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length; longer training "sentences" are split

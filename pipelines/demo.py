@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from eval.baseline import unigram_bpb
-from train.cli_errors import (ArgumentParser, fail_on_nonfinite, nonnegative_int, positive_float, positive_int,
+from common.cli_errors import (ArgumentParser, fail_on_nonfinite, nonnegative_int, positive_float, positive_int,
                               run_cli)
 from train.data.embedded import default_root, ensure_embedded_corpus
 
@@ -44,7 +44,7 @@ def run_stage(title: str, argv: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m pipelines.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT}, replaced on every run)")
     p.add_argument("--overwrite", action="store_true", help="replace the run another --out folder holds")
     p.add_argument("--steps", type=positive_int, help="training steps (default: the tiny preset's)")

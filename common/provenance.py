@@ -37,7 +37,7 @@ def tokenizer_fingerprint(path) -> str:
 
 def data_identity(data_dir) -> dict:
     """{"train": [[name, bytes], ...], "val": [[name, bytes], ...], "val_tokens": N} of a shard directory."""
-    from train.data.shards import list_shards, read_header
+    from common.shards import list_shards, read_header
 
     identity = {split: [[p.name, p.stat().st_size] for p in list_shards(data_dir, split)] for split in ("train", "val")}
     identity["val_tokens"] = sum(read_header(Path(data_dir) / name)["num_tokens"] for name, _ in identity["val"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.atomic import atomic_write
+from common.atomic import atomic_write
 
 MAGIC = 20240520
 VERSION = 1

@@ -7,7 +7,7 @@ accumulated gradients of the parameters in no optimizer ("orphan_grads": PR #598
 absent in older checkpoints) and the torch RNG states (as uint8 tensors; the job uses no numpy or python
 randomness). Nothing in it needs pickle.
 
-Both kinds of file also carry "provenance" (train.provenance: tokenizer fingerprint, data identity) and
+Both kinds of file also carry "provenance" (common.provenance: tokenizer fingerprint, data identity) and
 "content_sha256", a sha256 over every value in the file (tensor bytes, in key order). torch's zip reader checks
 no checksum, so without it a flipped exponent bit loads as an inf weight and trains on; with it the load fails
 with "checksum mismatch". Files without the checksum (written before it existed) load with a warning line.
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from train.atomic import atomic_write_with
+from common.atomic import atomic_write_with
 
 FORMAT = "triton-golf-train-checkpoint-v1"
 REQUIRED_KEYS = ("format", "config", "train_config", "model", "ema", "optimizers", "loader", "step", "rng")
@@ -179,6 +179,6 @@ def read_model_file(path) -> ModelFile:
         raise ValueError(f"{path}: 'provenance' is a {type(provenance).__name__}, not a dict")
     kind = "training checkpoint" if obj.get("format") == FORMAT else "model file"
     if kind == "training checkpoint" and isinstance(obj.get("late_qat"), bool):  # its own record of late QAT
-        from train.provenance import LATE_QAT_KEY
+        from common.provenance import LATE_QAT_KEY
         provenance = {**(provenance or {}), LATE_QAT_KEY: obj["late_qat"]}
     return ModelFile(config, dict(state), provenance, kind)
