@@ -248,15 +248,15 @@ def test_presets_and_saved_configs():
 
 
 def test_bundle_defaults_carry_the_seed_behaviour(monkeypatch):
-    """The records folder's train_gpt.py takes the run's configs as defaults: the seed's behaviours come along,
+    """`python -m quant bundle --preset seed` writes a train_gpt.py whose defaults carry the seed's behaviours,
     each settable by its environment variable; TTT_QAT is auto|1|0 (older bundles' booleans still read)."""
-    import dataclasses
-
+    from quant.bundle_cli import preset_defaults
     from train.challenge_env import EvalSettings, settings_from_env
 
-    defaults = {"train": get_train_config("seed").to_dict(), "model": get_config("seed").to_dict(),
-                "eval": dataclasses.asdict(EvalSettings())}
+    defaults = preset_defaults("seed", 0.0, 0.0)  # PR #598's: no wall-clock cap, TTT_EPOCHS as set
     s = settings_from_env(defaults, {})
+    assert (s.train.tok_emb_dtype, s.train.late_qat_threshold, s.train.late_qat_in_training) == ("bfloat16", 0.15,
+                                                                                                 False)
     assert s.train.accumulate_bigram_scale_grad and s.train.warmup_steps == 20 and s.eval.ttt_qat == "auto"
     assert "--ttt-qat" not in s.eval.eval_argv() and "--no-ttt-qat" not in s.eval.eval_argv()
     s = settings_from_env(defaults, {"ACCUMULATE_BIGRAM_SCALE_GRAD": "0", "TTT_QAT": "0", "EVAL_SEED_QUIRK": "1"})
