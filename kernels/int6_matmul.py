@@ -190,7 +190,7 @@ def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):
     """Launch forward (tile_axis 'N') or backward (tile_axis 'K'); grid = (M tiles, tile_axis tiles)."""
     fixed = _fixed_launch(a.dtype, blocks)
     m = a.size(0)
-    if out.numel() == 0:  # zero rows or zero output columns: nothing to write (zero reduction depth runs: 0)
+    if out.numel() == 0:  # nothing to write (a zero-depth reduction still runs: y = 0, dx = 0)
         return out
     cols = n if tile_axis == "N" else k
     args = (a, packed, scales, out, m, n, k, packed.size(1) // 3, _m_bucket(m),

@@ -166,7 +166,7 @@ def _relu2_up(x2, w_up, alpha, beta, u=None, act=None, blocks=None):
     M, h = x2.shape[0], w_up.shape[0]
     u = x2.new_empty((M, h)) if u is None else u
     act = x2.new_empty((M, h)) if act is None else act
-    if u.numel() > 0:  # zero rows or hidden width: nothing to write (zero K runs: u = 0, act = beta)
+    if u.numel() > 0:  # nothing to write (d = 0 still runs: u = 0, act = beta)
         _launch(_EPILOGUE_RELU2_FORWARD, x2, w_up.t(), act, u, act, alpha, beta, act, act, blocks, _forward_tuned)
     return u, act
 
@@ -182,7 +182,7 @@ def _relu2_down_grad(d_out2, w_down, u, alpha, beta, d_u=None, act=None, part_al
     act = u.new_empty((M, h)) if act is None else act
     part_alpha = u.new_empty((tiles, h), dtype=torch.float32) if part_alpha is None else part_alpha
     part_beta = u.new_empty((tiles, h), dtype=torch.float32) if part_beta is None else part_beta
-    if u.numel() > 0:  # zero rows or hidden width: nothing to write (zero K runs: dA = 0)
+    if u.numel() > 0:  # nothing to write (d_out = 0 still runs: dA = 0)
         _launch(_EPILOGUE_RELU2_BACKWARD, d_out2, w_down, d_u, u, act, alpha, beta, part_alpha, part_beta,
                 blocks, _backward_tuned)
     return d_u, act, part_alpha, part_beta
