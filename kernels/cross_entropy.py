@@ -5,9 +5,9 @@ Why: the head is x E^T -> 30*tanh(z/30) -> cross-entropy. Materializing fp32 log
 logsumexp keeps only per-token scalars in memory.
 
 Forward kernel: one program per BLOCK_T tokens; it loops over vocab blocks, computes the logit tile
-with tl.dot (looping over the model dim), softcaps it (tanh = 2*sigmoid(2u) - 1), keeps a running max
-and sum of exponentials, and picks out the target's logit. Outputs nll (N,) fp32 and the logsumexp
-lse (N,) fp32, which the backward reuses.
+with tl.dot (looping over the model dim), softcaps it (with an fp32 tanh as exact at any softcap: `_tanh`),
+keeps a running max and sum of exponentials, and picks out the target's logit. Outputs nll (N,) fp32 and
+the logsumexp lse (N,) fp32, which the backward reuses.
 
 Backward: grad_out g (N,) -> dz = (softmax(z) - onehot(target)) * g, then through the softcap
 da = dz * (1 - tanh^2). A kernel recomputes the logits and writes da for one chunk of tokens into a
@@ -16,8 +16,10 @@ da = dz * (1 - tanh^2). A kernel recomputes the logits and writes da for one chu
 inputs and outputs: chunk * V * e bytes for da (chunk chosen so this is <= 32 MiB, e.g. 8192 tokens
 at V = 1024 in fp32) plus an fp32 (V, d) dW accumulator.
 
-Out-of-range targets cannot be checked on the GPU without a host sync; the kernels give such tokens
-NaN loss instead (and the host checks when the targets already live on the CPU).
+Targets: a target of IGNORE_INDEX (-100, F.cross_entropy's default ignore_index, which the eager twin and
+the seed use) scores 0 and passes no gradient. Other out-of-range targets cannot be checked on the GPU
+without a host sync; the kernels give such tokens NaN loss instead (and the host raises when the targets
+already live on the CPU).
 
 FLOPs: forward 2*N*V*d (+ O(N*V) softcap/exp); backward 2*N*V*d (recompute) + 4*N*V*d (dx and dW).
 """
@@ -31,9 +33,12 @@ import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
 from kernels.launch import fixed_launch
+from kernels.rows import as_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DLOGITS_BUFFER_BYTES = 32 * 1024 * 1024  # bound of the backward's per-chunk (chunk, V) buffer
+IGNORE_INDEX = -100  # a token with this target scores 0 and passes no gradient (F.cross_entropy's default)
+_IGNORE_INDEX = tl.constexpr(IGNORE_INDEX)  # the kernels' copy (a jit function reads constexpr globals only)
 
 
 def _cfg(bt, bv, bd, warps, stages):
@@ -84,7 +89,18 @@ def _logit_tile(x_ptr, w_ptr, offs_t, offs_v, N, V, D, stride_xn, stride_wv,
 
 @triton.jit
 def _tanh(u):
-    return 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    """tanh in fp32 within a few ulps relative at every magnitude, so z = softcap * tanh(a / softcap) is as exact as
+    the logit a whatever the softcap (2 * sigmoid(2u) - 1 is off by ~1e-7 absolute near 0, which the softcap
+    multiplies back: 1e-3 on a logit at softcap 1e4). Triton has no portable tanh (libdevice is CUDA-only, absent
+    from the interpreter), so: below |u| = 0.5, u + u^3 P(u^2), P a cubic fit (least squares in fp64, weighted
+    for relative error) of (tanh(u) - u) / u^3 on [0, 0.5], 1.2 ulp; above, sign(u) (1 - e) / (1 + e) with
+    e = exp(-2|u|) <= 0.37 (no overflow, no cancellation), 4 ulp with a correctly rounded exp."""
+    s = u * u
+    small = u + u * s * (-0.33333153866549975 + s * (0.13326094510353004 + s * (-0.05305931216253941
+                                                                              + s * 0.017268825437060483)))
+    e = tl.exp(-2.0 * tl.abs(u))
+    large = (1.0 - e) / (1.0 + e)
+    return tl.where(tl.abs(u) < 0.5, small, tl.where(u < 0, -large, large))
 
 
 @triton.jit
@@ -113,6 +129,7 @@ def _softcap_ce_forward_kernel(
         target_logit += tl.sum(tl.where(offs_v[None, :] == target[:, None], z, 0.0), axis=1)
     lse = run_max + tl.log(run_sum)
     nll = tl.where((target >= 0) & (target < V), lse - target_logit, float("nan"))
+    nll = tl.where(target == _IGNORE_INDEX, 0.0, nll)
     tl.store(nll_ptr + offs_t, nll, mask=t_ok)
     tl.store(lse_ptr + offs_t, lse, mask=t_ok)
 
@@ -131,6 +148,7 @@ def _softcap_ce_dlogits_kernel(
     target = tl.load(targets_ptr + offs_t, mask=t_ok, other=0)
     lse = tl.load(lse_ptr + offs_t, mask=t_ok, other=0.0)
     grad = tl.load(grad_ptr + offs_t, mask=t_ok, other=0.0).to(tl.float32)
+    grad = tl.where(target == _IGNORE_INDEX, 0.0, grad)  # an ignored token passes no gradient
     a = _logit_tile(x_ptr, w_ptr, offs_t, offs_v, N, V, D, stride_xn, stride_wv,
                     UPCAST, DOT_PRECISION, BLOCK_T, BLOCK_V, BLOCK_D)
     t = _tanh(a / softcap)
@@ -153,17 +171,9 @@ def _meta(dtype):
     return {"UPCAST": _INTERPRET or dtype == torch.float32, "DOT_PRECISION": _dot_precision(dtype)}
 
 
-def _check_blocks(blocks):
-    if isinstance(blocks, triton.Config):
-        blocks = tuple(blocks.kwargs[k] for k in ("BLOCK_T", "BLOCK_V", "BLOCK_D"))
-    if blocks is not None and (len(blocks) != 3 or any(b < 16 for b in blocks)):
-        raise ValueError(f"cross_entropy: blocks (BLOCK_T, BLOCK_V, BLOCK_D) must each be >= 16, got {blocks}")
-
-
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch), after checking explicit blocks."""
-    _check_blocks(blocks)
-    return fixed_launch(dtype, blocks, ("BLOCK_T", "BLOCK_V", "BLOCK_D"), FP32_CONFIG, _INTERPRET)
+    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch, which checks explicit blocks)."""
+    return fixed_launch("cross_entropy", dtype, blocks, ("BLOCK_T", "BLOCK_V", "BLOCK_D"), FP32_CONFIG, _INTERPRET)
 
 
 def softcap_ce_forward(x2d, weight, targets1d, softcap, nll=None, lse=None, blocks=None):
@@ -229,10 +239,7 @@ def softcap_ce_backward(x2d, weight, targets1d, lse, grad, softcap, dx=None, chu
 
 
 def _flat(x, weight, targets):
-    x2d = x.reshape(-1, x.size(-1))
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    return x2d, weight.contiguous(), targets.reshape(-1).contiguous()
+    return as_rows(x, x.size(-1)), weight.contiguous(), targets.reshape(-1).contiguous()
 
 
 @torch.library.custom_op("triton_golf::softcap_cross_entropy", mutates_args=())
@@ -284,7 +291,8 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
 
     x: (..., d) final normed hidden states (fp32/bf16/fp16), cast to the autocast dtype under autocast (as
     F.linear in the eager twin: the final norm's output is fp32); weight: (vocab, d), cast to x's dtype;
-    targets: int64 with targets.numel() == x.numel() // d, values in [0, vocab) (others give NaN).
+    targets: int64 with targets.numel() == x.numel() // d, values in [0, vocab) or IGNORE_INDEX (-100: loss 0,
+    no gradient, as F.cross_entropy in the twin); others give NaN (ValueError when the targets are on the CPU).
     logits = softcap * tanh(x W^T / softcap). FLOPs: 2*N*V*d forward, 6*N*V*d backward.
     """
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -298,9 +306,10 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     if softcap <= 0:
         raise ValueError(f"softcap_cross_entropy: softcap must be positive, got {softcap}")
     if targets.device.type == "cpu" and targets.numel() and not torch.compiler.is_compiling():
-        lo, hi = int(targets.min()), int(targets.max())
-        if lo < 0 or hi >= weight.size(0):
-            raise ValueError(f"softcap_cross_entropy: targets in [{lo}, {hi}] outside the vocab [0, {weight.size(0)})")
+        bad = targets[((targets < 0) | (targets >= weight.size(0))) & (targets != IGNORE_INDEX)]
+        if bad.numel():
+            raise ValueError(f"softcap_cross_entropy: targets {bad.unique()[:4].tolist()} outside the vocab "
+                             f"[0, {weight.size(0)}) (and not the ignore index {IGNORE_INDEX})")
     x = cast_for_autocast(x)
     nll, _ = _softcap_ce_op(x, weight.to(x.dtype), targets, float(softcap))
     return nll

@@ -30,6 +30,7 @@ import triton.language as tl
 from kernels.autocast import cast_for_autocast
 from kernels.launch import fixed_launch
 from kernels.int6_layout import packed_row_bytes
+from kernels.rows import as_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SMALL_M = 64  # at or below this many rows the matmul is memory/latency bound: small-M tile configs
@@ -179,25 +180,17 @@ _int6_linear_backward_tuned = triton.autotune(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_blocks(blocks):
-    if isinstance(blocks, triton.Config):
-        blocks = tuple(blocks.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-    if blocks is not None and (len(blocks) != 3 or blocks[2] % 4 or any(b < 16 for b in blocks)):
-        raise ValueError("int6_matmul: blocks (BLOCK_M, BLOCK_N, BLOCK_K) must each be >= 16 with "
-                         f"BLOCK_K % 4 == 0, got {blocks}")
-
-
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
-    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch), after checking explicit blocks."""
-    _check_blocks(blocks)
-    return fixed_launch(dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET)
+    """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch, which checks explicit blocks: powers of
+    two >= 16, so BLOCK_K also holds whole 4-value groups)."""
+    return fixed_launch("int6_matmul", dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET)
 
 
 def _launch(tuned, kernel, a, packed, scales, out, n, k, tile_axis, blocks):
     """Launch forward (tile_axis 'N') or backward (tile_axis 'K'); grid = (M tiles, tile_axis tiles)."""
     fixed = _fixed_launch(a.dtype, blocks)
     m = a.size(0)
-    if m == 0:
+    if out.numel() == 0:  # nothing to write (a zero-depth reduction still runs: y = 0, dx = 0)
         return out
     cols = n if tile_axis == "N" else k
     args = (a, packed, scales, out, m, n, k, packed.size(1) // 3, _m_bucket(m),
@@ -236,9 +229,7 @@ def int6_linear_backward(dy2d, packed, scales, in_features, out=None, blocks=Non
 
 @torch.library.custom_op("triton_golf::int6_linear", mutates_args=())
 def _int6_linear_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
-    x2d = x.reshape(-1, in_features)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+    x2d = as_rows(x, in_features)
     y = int6_linear_forward(x2d, packed.contiguous(), scales.contiguous(), in_features)
     return y.reshape(*x.shape[:-1], packed.size(0))
 
@@ -251,9 +242,7 @@ def _(x, packed, scales, in_features):
 @torch.library.custom_op("triton_golf::int6_linear_backward", mutates_args=())
 def _int6_linear_backward_op(dy: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                              in_features: int) -> torch.Tensor:
-    dy2d = dy.reshape(-1, packed.size(0))
-    if dy2d.stride(-1) != 1:
-        dy2d = dy2d.contiguous()
+    dy2d = as_rows(dy, packed.size(0))
     dx = int6_linear_backward(dy2d, packed.contiguous(), scales.contiguous(), in_features)
     return dx.reshape(*dy.shape[:-1], in_features)
 

@@ -36,6 +36,7 @@ import triton.language as tl
 
 from kernels.autocast import cast_for_autocast
 from kernels.launch import fixed_launch
+from kernels.rows import as_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -140,7 +141,8 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 def _fixed_launch(dtype: torch.dtype, blocks) -> dict | None:
     """Launch kwargs that skip the autotuner (kernels.launch.fixed_launch): the interpreter runs one fixed tile."""
-    return fixed_launch(dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET, _INTERPRET_BLOCKS)
+    return fixed_launch("relu2_mlp", dtype, blocks, ("BLOCK_M", "BLOCK_N", "BLOCK_K"), FP32_CONFIG, _INTERPRET,
+                        _INTERPRET_BLOCKS)
 
 
 def _launch(epilogue, a, b, out, u, act, alpha, beta, part_alpha, part_beta, blocks, tuned):
@@ -164,7 +166,7 @@ def _relu2_up(x2, w_up, alpha, beta, u=None, act=None, blocks=None):
     M, h = x2.shape[0], w_up.shape[0]
     u = x2.new_empty((M, h)) if u is None else u
     act = x2.new_empty((M, h)) if act is None else act
-    if M > 0:
+    if u.numel() > 0:  # nothing to write (d = 0 still runs: u = 0, act = beta)
         _launch(_EPILOGUE_RELU2_FORWARD, x2, w_up.t(), act, u, act, alpha, beta, act, act, blocks, _forward_tuned)
     return u, act
 
@@ -180,7 +182,7 @@ def _relu2_down_grad(d_out2, w_down, u, alpha, beta, d_u=None, act=None, part_al
     act = u.new_empty((M, h)) if act is None else act
     part_alpha = u.new_empty((tiles, h), dtype=torch.float32) if part_alpha is None else part_alpha
     part_beta = u.new_empty((tiles, h), dtype=torch.float32) if part_beta is None else part_beta
-    if M > 0:
+    if u.numel() > 0:  # nothing to write (d_out = 0 still runs: dA = 0)
         _launch(_EPILOGUE_RELU2_BACKWARD, d_out2, w_down, d_u, u, act, alpha, beta, part_alpha, part_beta,
                 blocks, _backward_tuned)
     return d_u, act, part_alpha, part_beta
@@ -193,7 +195,7 @@ def _relu2_mlp_op(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, alp
                   beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out, u); u is the saved pre-activation, never exposed by the public function."""
     lead, d, h = x.shape[:-1], x.shape[-1], w_up.shape[0]
-    u, act = _relu2_up(x.reshape(-1, d).contiguous(), w_up, alpha.contiguous(), beta.contiguous())
+    u, act = _relu2_up(as_rows(x, d).contiguous(), w_up, alpha.contiguous(), beta.contiguous())
     out = torch.matmul(act, w_down.t())
     return out.reshape(*lead, w_down.shape[0]), u.reshape(*lead, h)
 
@@ -210,10 +212,10 @@ def _relu2_mlp_backward_op(d_out: torch.Tensor, x: torch.Tensor, u: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dx, dw_up, dw_down, d_alpha, d_beta)."""
     d, h = x.shape[-1], w_up.shape[0]
-    x2 = x.reshape(-1, d)
-    d_out2 = d_out.reshape(-1, w_down.shape[0]).contiguous()
+    x2 = as_rows(x, d)
+    d_out2 = as_rows(d_out, w_down.shape[0]).contiguous()
     d_u, act, part_alpha, part_beta = _relu2_down_grad(
-        d_out2, w_down, u.reshape(-1, h).contiguous(), alpha.contiguous(), beta.contiguous())
+        d_out2, w_down, as_rows(u, h).contiguous(), alpha.contiguous(), beta.contiguous())
     dw_down = torch.matmul(d_out2.t(), act)
     dw_up = torch.matmul(d_u.t(), x2)
     dx = torch.matmul(d_u, w_up).reshape(x.shape)

@@ -100,6 +100,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     """Per-token NLL (fp32, shape of `targets`) of the tied head with logit softcap.
 
     x: (..., d) final normed hidden states; weight: (vocab, d); logits = softcap * tanh(x W^T / softcap).
+    targets: in [0, vocab), or -100 (F.cross_entropy's default ignore_index: loss 0, no gradient).
     """
     x = cast_for_autocast(x)
     logits = F.linear(x, weight.to(x.dtype)).float()

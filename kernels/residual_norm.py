@@ -37,6 +37,7 @@ import triton.language as tl
 
 from kernels.autocast import autocast_dtype
 from kernels.rmsnorm import default_eps
+from kernels.rows import as_rows
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_BLOCK_D = 16384  # a row lives in registers; wider rows would spill
@@ -200,17 +201,14 @@ def _launch_config(d: int, backward: bool = False) -> tuple[int, int, int]:
 def _backward_programs(tiles: int, device: torch.device) -> int:
     """Programs of the backward grid: a few per SM (each loops over tiles), fewer under the interpreter."""
     if _INTERPRET or device.type != "cuda":
-        return max(min(tiles, _INTERPRET_BACKWARD_PROGRAMS), 1)
+        return min(tiles, _INTERPRET_BACKWARD_PROGRAMS)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(min(tiles, sms * _BACKWARD_PROGRAMS_PER_SM), 1)
+    return min(tiles, sms * _BACKWARD_PROGRAMS_PER_SM)
 
 
 def _rows(t: torch.Tensor | None, d: int) -> torch.Tensor | None:
     """(rows, D) with unit column stride (a view when possible), or None."""
-    if t is None:
-        return None
-    t2 = t.reshape(-1, d)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+    return None if t is None else as_rows(t, d)
 
 
 def _stride(t: torch.Tensor | None) -> int:
@@ -227,7 +225,7 @@ def _residual_norm_forward(x2, branch2, branch_scale, skip2, skip_gate, skip_wei
         outputs = (r, torch.empty_like(x2), x2.new_empty((rows, d), dtype=out_dtype),
                    x2.new_empty((rows,), dtype=torch.float32))
     r, h, n, rstd = outputs
-    if rows > 0:
+    if x2.numel() > 0:  # zero rows or zero width: nothing to write (a zero-width row's rstd is never read)
         block_r, block, warps = _launch_config(d)
         any_ptr = x2  # a valid pointer for the arguments a constexpr flag leaves unread
         _residual_norm_forward_kernel[(triton.cdiv(rows, block_r),)](
@@ -247,14 +245,16 @@ def _residual_norm_backward(dr2, dh2, dn2, x2, branch2, branch_scale, skip2, ski
     """Row-major launcher: returns (dx, dbranch, dskip, dx0, partials (5, programs, D) fp32); absent inputs get
     empty gradients; pass `outputs` (dx, dbranch, dskip, dx0) to fill given buffers."""
     rows, d = x2.shape
-    block_r, block, warps = _launch_config(d, backward=True)
-    programs = _backward_programs(triton.cdiv(rows, block_r), x2.device)
+    programs = 0  # zero rows or zero width: no program, and the per-channel sums over no partials are zeros
+    if x2.numel() > 0:
+        block_r, block, warps = _launch_config(d, backward=True)
+        programs = _backward_programs(triton.cdiv(rows, block_r), x2.device)
     if outputs is None:
         outputs = tuple(torch.empty_like(t) if t is not None else x2.new_empty(0)
                         for t in (x2, branch2, None if skip_self else skip2, x02))
     dx, dbranch, dskip, dx0 = outputs
     partials = x2.new_empty((_PARAM_GRADS, programs, d), dtype=torch.float32)  # every program stores its rows
-    if rows > 0:
+    if programs > 0:
         any_ptr = x2
         _residual_norm_backward_kernel[(programs,)](
             any_ptr if dr2 is None else dr2, any_ptr if dh2 is None else dh2, dn2, x2,

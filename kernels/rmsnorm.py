@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.rows import as_rows
+
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_BLOCK_D = 16384  # a row lives in registers; wider rows would spill
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -66,7 +68,7 @@ def _rms_norm_forward(x2, scale, eps, y=None, rstd=None):
     rows, d = x2.shape
     y = torch.empty_like(x2) if y is None else y
     rstd = x2.new_empty((rows,), dtype=torch.float32) if rstd is None else rstd
-    if rows > 0:
+    if x2.numel() > 0:  # zero rows or zero width: nothing to write (a zero-width row's rstd is never read)
         block_r, block, warps = _launch_config(d)
         _rms_norm_forward_kernel[(triton.cdiv(rows, block_r),)](
             x2, y, rstd, rows, d, x2.stride(0), y.stride(0), scale, eps,
@@ -78,7 +80,7 @@ def _rms_norm_backward(dy2, x2, rstd, scale, dx=None):
     """dy2, x2: (rows, D) with unit column stride; rstd from the forward. Returns dx (rows, D)."""
     rows, d = x2.shape
     dx = torch.empty_like(x2) if dx is None else dx
-    if rows > 0:
+    if x2.numel() > 0:
         block_r, block, warps = _launch_config(d)
         _rms_norm_backward_kernel[(triton.cdiv(rows, block_r),)](
             dy2, x2, rstd, dx, rows, d, dy2.stride(0), x2.stride(0), dx.stride(0), scale,
@@ -90,7 +92,7 @@ def _rms_norm_backward(dy2, x2, rstd, scale, dx=None):
 def _rms_norm_op(x: torch.Tensor, scale: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (y, rstd); rstd (fp32, x.shape[:-1]) is saved for backward, never exposed by the public function."""
     d = x.shape[-1]
-    y, rstd = _rms_norm_forward(x.reshape(-1, d).contiguous(), scale, eps)
+    y, rstd = _rms_norm_forward(as_rows(x, d).contiguous(), scale, eps)
     return y.reshape(x.shape), rstd.reshape(x.shape[:-1])
 
 
@@ -102,7 +104,7 @@ def _(x, scale, eps):
 @torch.library.custom_op("triton_golf::rms_norm_backward", mutates_args=())
 def _rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor, scale: float) -> torch.Tensor:
     d = x.shape[-1]
-    dx = _rms_norm_backward(dy.reshape(-1, d).contiguous(), x.reshape(-1, d).contiguous(), rstd.reshape(-1), scale)
+    dx = _rms_norm_backward(as_rows(dy, d).contiguous(), as_rows(x, d).contiguous(), rstd.reshape(-1), scale)
     return dx.reshape(x.shape)
 
 

@@ -117,7 +117,7 @@ def rope_forward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim
     x, cos, sin = x.contiguous(), cos.contiguous(), sin.contiguous()
     out = torch.empty_like(x) if out is None else out
     n_rows, grid, block_d = _launch(x, block_r)
-    if n_rows == 0:
+    if x.numel() == 0:  # no rows or zero head dim: nothing to write
         return out
     _rope_fwd_kernel[grid](x, cos, sin, x if gain is None else gain.contiguous(), out, n_rows, x.size(2),
                            x.size(1), x.size(3), default_eps(x.dtype), sin_sign, HALF=rope_dims // 2,
@@ -133,7 +133,7 @@ def qk_norm_rope_backward(grad: torch.Tensor, x: torch.Tensor, cos: torch.Tensor
     dx = torch.empty_like(x) if dx is None else dx
     n_rows, grid, block_d = _launch(x, block_r)
     dgain_rows = torch.zeros(n_rows if gain is not None else 1, dtype=torch.float32, device=x.device)
-    if n_rows:
+    if x.numel():  # no rows or zero head dim: nothing to write, and the gain's gradient is a sum of nothing: 0
         _qk_norm_rope_bwd_kernel[grid](grad, x, cos, sin, x if gain is None else gain.contiguous(), dx, dgain_rows,
                                        n_rows, x.size(2), x.size(1), x.size(3), default_eps(x.dtype),
                                        HALF=rope_dims // 2, HAS_GAIN=gain is not None, BLOCK_R=block_r,

@@ -4,17 +4,22 @@ Forward NLL and backward (dx, dW) on odd token counts, the real vocab (1024) and
 not fill a vocab block, multi-chunk backward, poisoned outputs, the torch.library registration and
 torch.compile(fullgraph=True).
 """
+import math
+
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernels import cross_entropy as ce
 from kernels import reference
-from kernels.cross_entropy import softcap_ce_backward, softcap_ce_forward, softcap_cross_entropy
+from kernels.cross_entropy import IGNORE_INDEX, softcap_ce_backward, softcap_ce_forward, softcap_cross_entropy
 
 BLOCKS = (64, 64, 64)
 SOFTCAP = 30.0
 CASES = [(1, 96), (37, 1024), (130, 130)]  # (tokens N, vocab V); d = 64 (and 100 below)
 DTYPES = [torch.float32, torch.bfloat16]  # bf16 runs on a GPU only (see _skip_bf16_on_cpu)
+BACKENDS = {"eager": reference.softcap_cross_entropy, "triton": softcap_cross_entropy}
 
 
 def _skip_bf16_on_cpu(dtype, device):
@@ -39,6 +44,14 @@ def _eager(x, w, t, g):
     """Eager twin's nll and (dx, dW) for upstream gradient g."""
     x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
     nll = reference.softcap_cross_entropy(x, w, t, SOFTCAP)
+    nll.backward(g)
+    return nll.detach(), x.grad, w.grad
+
+
+def _loss_and_grads(fn, x, w, t, softcap, g):
+    """nll and (dx, dW) of op `fn` for upstream gradient g, on fresh leaf copies of x and w."""
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    nll = fn(x, w, t, softcap)
     nll.backward(g)
     return nll.detach(), x.grad, w.grad
 
@@ -106,12 +119,103 @@ def test_public_op_batched_with_fp32_weight(dtype, device):
 
 
 def test_out_of_range_targets(device):
+    """Targets outside [0, V) other than the ignore index: a ValueError when on the CPU, else NaN loss (the kernel,
+    which cannot raise without a host sync); the ignore index scores 0 in the same launch."""
     x, w, t = _inputs(5, 96, 64, device, seed=2)
     if device == "cpu":
-        with pytest.raises(ValueError, match="outside the vocab"):
-            softcap_cross_entropy(x, w, torch.tensor([0, 1, 96, 3, 4], device=device), SOFTCAP)
-    nll, _ = softcap_ce_forward(x, w, torch.tensor([0, -1, 96, 3, 4], device=device), SOFTCAP, blocks=BLOCKS)
-    assert nll[1].isnan() and nll[2].isnan() and torch.isfinite(nll[[0, 3, 4]]).all()
+        for bad in (96, -1):
+            with pytest.raises(ValueError, match="outside the vocab"):
+                softcap_cross_entropy(x, w, torch.tensor([0, 1, bad, 3, IGNORE_INDEX], device=device), SOFTCAP)
+    nll = torch.full((5,), float("nan"), device=device)
+    softcap_ce_forward(x, w, torch.tensor([0, -1, 96, 3, IGNORE_INDEX], device=device), SOFTCAP, nll=nll,
+                       blocks=BLOCKS)
+    assert nll[1].isnan() and nll[2].isnan() and torch.isfinite(nll[[0, 3]]).all() and nll[4].item() == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignore_index_scores_zero_and_passes_no_gradient(backend, device):
+    """Target -100 (F.cross_entropy's default ignore_index, which the seed's loss uses) is one contract on both
+    backends: loss 0 and no gradient for that token; the other tokens score as if it were absent."""
+    torch.set_float32_matmul_precision("highest")
+    x, w, t = _inputs(9, 96, 64, device, seed=17)
+    t[[1, 4, 5]] = IGNORE_INDEX
+    g = torch.rand(9, generator=torch.Generator().manual_seed(7)).to(device) + 0.5
+    nll, dx, dw = _loss_and_grads(BACKENDS[backend], x, w, t, SOFTCAP, g)
+    kept = t != IGNORE_INDEX
+    assert (nll[~kept] == 0).all() and (dx[~kept] == 0).all()
+    want = _loss_and_grads(reference.softcap_cross_entropy, x[kept], w, t[kept], SOFTCAP, g[kept])
+    for got, ref in zip((nll[kept], dx[kept], dw), want):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ignore_index_in_the_kernels(device):
+    """The launchers (the path a GPU takes, no host check): an ignored token's nll is 0 and its dx row is 0,
+    written over poisoned buffers."""
+    x, w, t = _inputs(37, 130, 64, device, seed=18)
+    t[::3] = IGNORE_INDEX
+    nll = torch.full((37,), float("nan"), device=device)
+    _, lse = softcap_ce_forward(x, w, t, SOFTCAP, nll=nll, blocks=BLOCKS)
+    dx = torch.full_like(x, float("nan"))
+    softcap_ce_backward(x, w, t, lse, torch.ones(37, device=device), SOFTCAP, dx=dx, blocks=BLOCKS)
+    assert (nll[::3] == 0).all() and (dx[::3] == 0).all()
+    kept = t != IGNORE_INDEX
+    torch.testing.assert_close(nll[kept], reference.softcap_cross_entropy(x[kept], w, t[kept], SOFTCAP),
+                               atol=1e-4, rtol=1e-5)
+    assert torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_width_hidden_states(backend, device):
+    """d = 0: every logit is 0, so a token scores log(V) (0 when ignored); dx is (N, 0) and dW (V, 0)."""
+    x, w = torch.zeros(4, 0, device=device), torch.zeros(96, 0, device=device)
+    t = torch.tensor([0, 5, IGNORE_INDEX, 95], device=device)
+    nll, dx, dw = _loss_and_grads(BACKENDS[backend], x, w, t, SOFTCAP, torch.ones(4, device=device))
+    torch.testing.assert_close(nll, torch.tensor([math.log(96)] * 2 + [0.0] + [math.log(96)], device=device))
+    assert dx.shape == (4, 0) and dw.shape == (96, 0)
+
+
+def _fp64_softcap_ce(x, w, t, softcap):
+    """The twin's formula kept in x's dtype throughout (the twin itself takes the logits to fp32)."""
+    return torch.nn.functional.cross_entropy(softcap * torch.tanh(x @ w.t() / softcap), t, reduction="none")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("softcap", [1e4, 1e6])
+def test_large_softcap_keeps_fp32_accuracy(backend, softcap, device):
+    """A softcap far above the logits (z ~ a): loss and gradients within fp32 rounding of an fp64 reference, as
+    torch's tanh gives (2 * sigmoid(2u) - 1 for tanh was 1e-3 off at softcap 1e4 and 0.1 at 1e6)."""
+    torch.set_float32_matmul_precision("highest")
+    x, w, t = _inputs(37, 130, 64, device, seed=16)
+    w = w * 3  # logits of order 2
+    g = torch.rand(37, generator=torch.Generator().manual_seed(8)).to(device) + 0.5
+    got = _loss_and_grads(BACKENDS[backend], x, w, t, softcap, g)
+    want = _loss_and_grads(_fp64_softcap_ce, x.double(), w.double(), t, softcap, g.double())
+    for name, a, b in zip(("nll", "dx", "dW"), got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@triton.jit
+def _tanh_kernel(u_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(out_ptr + offs, ce._tanh(tl.load(u_ptr + offs, mask=mask)), mask=mask)
+
+
+def test_tanh_is_accurate_relative_to_its_value(device):
+    """The kernels' fp32 tanh within a few ulps (relative) from 1e-30 to saturation, either sign, both sides of its
+    polynomial/exponential switch at |u| = 0.5; exact at 0 and +-inf."""
+    mags = torch.cat([torch.logspace(-30, 0, 3000, dtype=torch.float64), torch.linspace(0.4, 0.6, 2001,
+                                                                                        dtype=torch.float64),
+                      torch.linspace(1, 20, 1000, dtype=torch.float64)])
+    u = torch.cat([mags, -mags]).float()
+    special = torch.tensor([0.0, float("inf"), float("-inf")])
+    u_all = torch.cat([u, special]).to(device)
+    out = torch.full_like(u_all, float("nan"))
+    _tanh_kernel[(triton.cdiv(u_all.numel(), 1024),)](u_all, out, u_all.numel(), BLOCK=1024)
+    want = torch.tanh(u.double()).to(device)
+    rel = ((out[:u.numel()].double() - want).abs() / want.abs()).max().item()
+    assert rel < 8 * 2.0 ** -24, f"max relative error {rel:.2e}"
+    assert out[u.numel():].tolist() == [0.0, 1.0, -1.0]
 
 
 def test_bad_inputs_raise_clear_errors(device):
@@ -124,6 +228,17 @@ def test_bad_inputs_raise_clear_errors(device):
         softcap_cross_entropy(x, w, t.int(), SOFTCAP)
     with pytest.raises(ValueError, match="softcap must be positive"):
         softcap_cross_entropy(x, w, t, 0.0)
+
+
+@pytest.mark.parametrize("blocks", [(16, 24, 16), (64, 64, 48), ce._cfg(32, 64, 24, 4, 2)])
+def test_blocks_that_are_not_powers_of_two_are_rejected_up_front(blocks, device):
+    """Blocks that pass the size floor but are no power of two fail with a clear error before Triton compiles."""
+    x, w, t = _inputs(4, 96, 64, device, seed=1)
+    with pytest.raises(ValueError, match="must each be a power of two >= 16"):
+        softcap_ce_forward(x, w, t, SOFTCAP, blocks=blocks)
+    with pytest.raises(ValueError, match="must each be a power of two >= 16"):
+        softcap_ce_backward(x, w, t, torch.zeros(4, device=device), torch.ones(4, device=device), SOFTCAP,
+                            blocks=blocks)
 
 
 def test_opcheck(device):

@@ -115,8 +115,33 @@ def test_bad_inputs_raise_clear_errors(device):
         int6_linear(x, packed, scales[:10], 64)
     with pytest.raises(ValueError, match="2-D uint8"):
         int6_linear(x, packed.to(torch.int32), scales, 64)
-    with pytest.raises(ValueError, match="BLOCK_K % 4"):
-        int6_linear_forward(x, packed, scales, 64, blocks=(64, 64, 18))
+
+
+@pytest.mark.parametrize("blocks", [(16, 16, 48), (64, 64, 18), (16, 16, 8), int6._cfg(16, 32, 96, 4, 2)])
+def test_blocks_that_are_not_powers_of_two_are_rejected_up_front(blocks, device):
+    """Blocks that pass the size floor (and BLOCK_K % 4) but are no power of two: a clear error before Triton
+    compiles, forward and backward."""
+    _, packed, scales = _int6_weight(64, 64, device, seed=4)
+    with pytest.raises(ValueError, match="int6_matmul: blocks .* must each be a power of two >= 16"):
+        int6_linear_forward(torch.randn(2, 64, device=device), packed, scales, 64, blocks=blocks)
+    with pytest.raises(ValueError, match="int6_matmul: blocks .* must each be a power of two >= 16"):
+        int6_linear_backward(torch.randn(2, 64, device=device), packed, scales, 64, blocks=blocks)
+
+
+@pytest.mark.parametrize("m, n, k", [(3, 5, 0), (3, 0, 8), (0, 5, 8)])
+def test_empty_dims_match_eager_twin(m, n, k, device):
+    """K = 0 (y = 0), N = 0 or M = 0 (empty y): the twin's result and an x-shaped gradient."""
+    _, packed, scales = _int6_weight(n, k, device, seed=6)
+    dy = torch.randn(2, m, n, device=device)
+    grads = []
+    for fn in (int6_linear, reference.int6_linear):
+        x = torch.randn(2, m, k, device=device, requires_grad=True)
+        y = fn(x, packed, scales, k)
+        assert y.shape == (2, m, n)
+        torch.testing.assert_close(y, torch.zeros(2, m, n, device=device))
+        grads.append(torch.autograd.grad(y, x, dy)[0])
+    assert grads[0].shape == (2, m, k)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
 
 
 def test_opcheck(device):

@@ -55,6 +55,33 @@ def test_forward_and_all_grads_match_eager_twin(lead, d, h, d_out, device):
         _assert_close_scaled(g, g_ref, 1e-5, name)
 
 
+@pytest.mark.parametrize("d,h,d_out", [(0, 24, 16), (16, 0, 16), (16, 24, 0)])
+def test_zero_width_dims_match_eager_twin(d, h, d_out, device):
+    """A zero model, hidden or output width: an empty or exact result like the twin's (d = 0 leaves
+    u = 0, so out = beta W_down^T and the gradients of w_down and beta are not zero)."""
+    x = torch.randn(5, d, device=device)
+    params = _params(d, h, d_out, device)
+    dy = torch.randn(5, d_out, device=device)
+    out, grads = _run(mlp.relu2_mlp, x, params, dy)
+    out_ref, grads_ref = _run(reference.relu2_mlp, x, params, dy)
+    assert out.shape == out_ref.shape == (5, d_out)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    for name, g, g_ref in zip(("x", "w_up", "w_down", "alpha", "beta"), grads, grads_ref):
+        assert g.shape == g_ref.shape, name
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("blocks", [(64, 48, 64), (16, 16, 8), mlp._config(64, 64, 24, 4, 2)])
+def test_blocks_that_are_not_powers_of_two_are_rejected_up_front(blocks, device):
+    """Forced blocks must each be a power of two >= 16: a clear error before Triton compiles, not inside it."""
+    w_up, w_down, alpha, beta = (p.detach() for p in _params(64, 96, 64, device))
+    x = torch.randn(8, 64, device=device)
+    with pytest.raises(ValueError, match="relu2_mlp: blocks .* must each be a power of two >= 16"):
+        mlp._relu2_up(x, w_up, alpha, beta, blocks=blocks)
+    with pytest.raises(ValueError, match="relu2_mlp: blocks .* must each be a power of two >= 16"):
+        mlp._relu2_down_grad(x, w_down, torch.zeros(8, 96, device=device), alpha, beta, blocks=blocks)
+
+
 def test_relu_gate_is_exercised():
     """Sanity of the test data: a good share of pre-activations is negative, so relu's zero branch is tested."""
     torch.manual_seed(0)

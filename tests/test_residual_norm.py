@@ -19,6 +19,8 @@ FORMS = {
     "skip_keep": dict(skip=True, keep=True),
 }
 
+BACKENDS = {"eager": reference.residual_norm, "triton": rn.residual_norm}
+
 
 def make_inputs(form: dict, shape, dtype, device, branch_dtype=None, seed=0):
     """(x, kwargs) with every tensor a leaf that requires grad; per-channel vectors away from their inits."""
@@ -66,6 +68,22 @@ def test_forward_backward_match_eager_twin(form, shape, scale, dtype, device):
     for name, gk, gr in zip(["x", *kw], grads, grads_ref):
         atol = GRAD_TOL[dtype]["atol"] * max(gr.abs().max().item(), 1.0)
         torch.testing.assert_close(gk, gr, rtol=GRAD_TOL[dtype]["rtol"], atol=atol, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("shape", [(0, 8), (2, 0, 8), (3, 0), (0, 0)])
+def test_empty_rows_or_width(form, shape, backend, device):
+    """Zero rows: empty outputs, and per-channel gradients that are sums over no rows, so exactly zero (the Triton
+    backward once returned an unwritten buffer there). Zero width: every output and gradient empty."""
+    x, kw = make_inputs(FORMS[form], shape, torch.float32, device)
+    keep = FORMS[form].get("keep", False)
+    outs = BACKENDS[backend](x, 0.5, keep_residual=keep, **kw)
+    assert [o.shape for o in outs] == [x.shape] * (3 if keep else 2)
+    inputs = [x, *kw.values()]
+    grads = torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs])
+    for name, t, g in zip(["x", *kw], inputs, grads):
+        assert g.shape == t.shape and (g == 0).all(), f"d{name}: {g}"
 
 
 def test_mixed_dtypes_under_autocast(device):

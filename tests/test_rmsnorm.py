@@ -38,6 +38,17 @@ def test_forward_backward_match_eager_twin(shape, scale, eps, dtype, device):
     torch.testing.assert_close(dx, dx_ref, **TOL[dtype])
 
 
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("shape", [(3, 0), (2, 5, 0), (0, 8), (0, 0)])
+def test_empty_rows_or_width(shape, backend, device):
+    """Zero rows or a zero-width last dim: an empty output and gradient of x's shape, on both backends."""
+    fn = reference.rms_norm if backend == "eager" else rmsnorm.rms_norm
+    x = torch.randn(shape, device=device, requires_grad=True)
+    y = fn(x, 0.5)
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert y.shape == dx.shape == x.shape
+
+
 def test_default_eps_matters_and_matches_f_rms_norm(device):
     """With tiny activations eps dominates: the default must be F.rms_norm's."""
     x = torch.full((3, 64), 1e-4, device=device)

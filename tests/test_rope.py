@@ -82,6 +82,16 @@ def test_rope_poisoned_outputs_fully_written(device):
     _assert_close((out, dx, dgain), want, torch.float32)
 
 
+@pytest.mark.parametrize("B,T,H,D", [(2, 3, 4, 0), (0, 3, 4, 8)])
+def test_qk_norm_rope_empty_head_dim_or_batch_matches_twin(B, T, H, D, device):
+    """Zero head dim or zero batch: an empty output and dx, and a gain gradient of zeros (a sum over nothing)."""
+    x, gain, cos, sin, grad = _inputs(B, T, H, D, 0, device)
+    got = _grads(tri.qk_norm_rope(x, cos, sin, 0, gain), (x, gain), grad)
+    want = _grads(ref.qk_norm_rope(x, cos, sin, 0, gain), (x, gain), grad)
+    assert got[0].shape == got[1].shape == x.shape and torch.equal(got[2], torch.zeros(H, device=device))
+    _assert_close(got, want, torch.float32)
+
+
 def test_rope_rejects_bad_input(device):
     x, gain, cos, sin, _ = _inputs(1, 6, 2, 32, 16, device)
     with pytest.raises(ValueError, match="rope_dims 15 must be even"):
