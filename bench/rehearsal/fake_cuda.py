@@ -40,18 +40,25 @@ def can_fake_cuda() -> str | None:
 
 
 def fake_cuda_model(mode: FakeTensorMode, preset: str = "seed", **overrides):
-    """(config, GPT) with every parameter and buffer a fake CUDA tensor of `mode` (built on meta: no init)."""
+    """(config, GPT) with every parameter and buffer a fake CUDA tensor of `mode` (built on meta: no init), set
+    up as the training job sets it up for `preset` (train.step.build_training_model: tok_emb's storage dtype,
+    the orphan bigram scale trainable)."""
     from model.config import get_config
     from model.gpt import GPT
+    from train.config import get_train_config
+    from train.optim import orphan_parameters
 
     cfg = get_config(preset, **overrides)
     with torch.device("meta"):
         model = GPT(cfg)
+        model.tok_emb.to(getattr(torch, get_train_config(preset).tok_emb_dtype))
     with mode:
         model = model.to_empty(device="cuda")
         for module in model.modules():  # the switches to_empty left uninitialized
             if hasattr(module, "qat_on"):
                 module.qat_on.zero_()
+    for p in orphan_parameters(model).values():
+        p.requires_grad_(True)
     return cfg, model
 
 

@@ -169,7 +169,7 @@ def optimizer_steps(mode: FakeTensorMode, model, cfg) -> dict:
     train.loop runs them; the optimizer state's bytes after the first step."""
     from train.config import get_train_config
     from train.ema import EMA
-    from train.optim import build_optimizers
+    from train.step import build_training_optimizers
 
     tcfg = get_train_config(cfg_preset(cfg))
     for p in model.parameters():
@@ -177,11 +177,7 @@ def optimizer_steps(mode: FakeTensorMode, model, cfg) -> dict:
     with mode:
         for p in model.parameters():
             p.grad = torch.empty_like(p)
-        muon, adam = build_optimizers(
-            model, cfg.num_encoder_layers, matrix_lr=tcfg.matrix_lr, scalar_lr=tcfg.scalar_lr, tok_lr=tcfg.tok_lr,
-            decoder_lr_mult=tcfg.decoder_lr_mult, muon_momentum=tcfg.muon_momentum, muon_wd=tcfg.muon_wd,
-            adam_wd=tcfg.adam_wd, adam_betas=(tcfg.adam_beta1, tcfg.adam_beta2), adam_eps=tcfg.adam_eps,
-            ns_steps=tcfg.ns_steps)
+        muon, adam = build_training_optimizers(model, tcfg)
         ema = EMA(model, tcfg.ema_decay)
         log = OpLog()
         with log:
