@@ -53,12 +53,14 @@ import torch
 import zstandard
 
 from train.atomic import atomic_write
+from quant import codec
 from quant.pack import pack_int6, packed_row_bytes, unpack_int6
 from quant.schemes import (DEFAULT_SCALE_FLOOR, SCHEMES, QuantizedTensor, dequantize,
                            quantize_state_dict)
 
 MAGIC = b"TGOLF\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # format 2 (zstd frames over the whole body) is still read and can still be written
 HEADER = struct.Struct("<6sHQ32s32s")
 MANIFEST_LEN = struct.Struct("<I")
 INT6_STORAGES = ("int8", "packed")
@@ -113,7 +115,7 @@ def stored_bytes(qt: QuantizedTensor, int6_storage: str = DEFAULT_INT6_STORAGE) 
 
 
 def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
-                provenance: dict | None = None) -> bytes:
+                provenance: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
     """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors; `provenance`
     (train.provenance: tokenizer fingerprint, data identity) goes into the manifest, compacted, when given."""
     if int6_storage not in INT6_STORAGES:
@@ -134,7 +136,9 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
             entries[qt.name]["scale"] = [offset, len(raw)]
             chunks.append(raw)
             offset += len(raw)
-    manifest = {"format_version": FORMAT_VERSION, "config": config, "int6_storage": int6_storage,
+    if format_version not in READ_VERSIONS:
+        raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
+    manifest = {"format_version": format_version, "config": config, "int6_storage": int6_storage,
                 "tensors": [entries[qt.name] for qt in qtensors]}
     if provenance is not None:
         from train.provenance import artifact_provenance
@@ -147,15 +151,47 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
     return MANIFEST_LEN.pack(len(manifest_bytes)) + manifest_bytes + b"".join(chunks)
 
 
-def compress_body(body: bytes, level: int = DEFAULT_LEVEL) -> bytes:
-    """The complete artifact bytes for a body: the header, one zstd frame holding the manifest length and
-    manifest, then the payload in independent frames of PAYLOAD_FRAME_BYTES (see the module docstring)."""
-    split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
-    pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES] for i in range(split, len(body), PAYLOAD_FRAME_BYTES)]
-    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    frames = b"".join(cctx.compress(piece) for piece in pieces)
-    return HEADER.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(frames).digest(),
-                       hashlib.sha256(body).digest()) + frames
+def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int = FORMAT_VERSION) -> bytes:
+    """The complete artifact bytes for a body: the header, then the coded body. Format 3 (the default) codes
+    each segment of segment_cuts(body) with its smallest method (quant.codec: rANS, zstd at `level`, raw);
+    format 2 writes one zstd frame holding the manifest length and manifest, then the payload in independent
+    frames of PAYLOAD_FRAME_BYTES. The body's manifest should name the same format_version."""
+    if format_version == 3:
+        coded = codec.encode(body, segment_cuts(body), level)[0]
+    elif format_version == 2:
+        split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
+        pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES]
+                                   for i in range(split, len(body), PAYLOAD_FRAME_BYTES)]
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        coded = b"".join(cctx.compress(piece) for piece in pieces)
+    else:
+        raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
+    return HEADER.pack(MAGIC, format_version, len(body), hashlib.sha256(coded).digest(),
+                       hashlib.sha256(body).digest()) + coded
+
+
+def segment_cuts(body: bytes) -> list[int]:
+    """Where format 3 cuts a body into segments: the manifest's end, and within the payload every tensor's data
+    and scale span, split further between the byte planes of floating-point arrays (each plane is a
+    distribution of its own). A body whose manifest does not parse is cut at the manifest's end alone."""
+    if len(body) < MANIFEST_LEN.size:
+        return []
+    start = MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]
+    cuts = [start]
+    try:
+        manifest = json.loads(body[MANIFEST_LEN.size:start].decode("utf-8"))
+        spans = []
+        for e in manifest["tensors"]:
+            spans.append((e["data"], _DTYPES[e["stored_dtype"]]))
+            if e.get("scale") is not None:
+                spans.append((e["scale"], torch.float16))
+        for (offset, length), dtype in spans:
+            planes = torch.empty((), dtype=dtype).element_size() if dtype.is_floating_point else 1
+            step = length // planes if length % planes == 0 else length
+            cuts += [start + offset + k * step for k in range(planes + 1) if step]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return [start]
+    return sorted({c for c in cuts if isinstance(c, int) and start <= c <= len(body)})
 
 
 def encode_artifact(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
@@ -179,18 +215,19 @@ def save_artifact(state_dict: dict[str, torch.Tensor], config_dict: dict, path: 
     return len(data)
 
 
-def _manifest_precheck(frame: bytes, body_size: int, where: str, check_manifest=None) -> None:
-    """Before the body is decompressed in full (quant.validate): read only its manifest (the body starts with
-    u32 length + manifest), refuse payload bytes no tensor uses (so a body is never larger than its tensors
-    need), and run the caller's `check_manifest(manifest)` (e.g. the model config's bounds). If the manifest
-    moves in the body layout, keep this check ahead of the payload's decompression."""
-    from quant.validate import check_manifest_spans, read_frame_prefix
+def _manifest_precheck(read_prefix, body_size: int, where: str, check_manifest=None) -> dict:
+    """Before the body is decoded in full (quant.validate): read only its manifest (the body starts with
+    u32 length + manifest; `read_prefix(n)` gives the body's first n bytes), refuse payload bytes no tensor
+    uses (so a body is never larger than its tensors need), and run the caller's `check_manifest(manifest)`
+    (e.g. the model config's bounds). If the manifest moves in the body layout, keep this check ahead of the
+    payload's decoding. Returns the manifest."""
+    from quant.validate import check_manifest_spans
 
     try:
-        (mlen,) = MANIFEST_LEN.unpack(read_frame_prefix(frame, MANIFEST_LEN.size, where))
+        (mlen,) = MANIFEST_LEN.unpack(read_prefix(MANIFEST_LEN.size))
         if MANIFEST_LEN.size + mlen > body_size:
             raise ArtifactError(f"{where}: manifest length {mlen} runs past the {body_size}-byte body")
-        text = read_frame_prefix(frame, MANIFEST_LEN.size + mlen, where)[MANIFEST_LEN.size:]
+        text = read_prefix(MANIFEST_LEN.size + mlen)[MANIFEST_LEN.size:]
         try:
             manifest = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -202,9 +239,11 @@ def _manifest_precheck(frame: bytes, body_size: int, where: str, check_manifest=
         raise
     except ValueError as e:
         raise ArtifactError(str(e)) from e
+    return manifest
 
 
-def _decompress(raw: bytes, where: str, check_manifest=None) -> bytes:
+def _decompress(raw: bytes, where: str, check_manifest=None) -> tuple[bytes, int]:
+    """(verified body, format version) of artifact bytes."""
     if len(raw) < HEADER.size:
         raise ArtifactError(f"{where}: truncated artifact: {len(raw)} bytes, the header alone needs {HEADER.size}")
     magic, version, body_size, frame_digest, body_digest = HEADER.unpack_from(raw)
@@ -212,26 +251,34 @@ def _decompress(raw: bytes, where: str, check_manifest=None) -> bytes:
         raise ArtifactError(f"{where}: not a triton-golf artifact (magic {magic!r}, expected {MAGIC!r})")
     if version == 1:
         raise ArtifactError(f"{where}: artifact format version 1 is no longer supported; re-run python -m quant")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ArtifactError(f"{where}: unsupported artifact format version {version} (this code reads "
-                            f"version {FORMAT_VERSION})")
+                            f"versions {', '.join(map(str, READ_VERSIONS))})")
     if body_size > MAX_BODY_BYTES:
         raise ArtifactError(f"{where}: header claims a {body_size}-byte body, over the {MAX_BODY_BYTES} limit; "
                             "the file is corrupt")
-    frame = raw[HEADER.size:]
-    if hashlib.sha256(frame).digest() != frame_digest:
+    coded = raw[HEADER.size:]
+    if hashlib.sha256(coded).digest() != frame_digest:
         raise ArtifactError(f"{where}: checksum mismatch in the compressed bytes: the artifact is truncated or "
                             "corrupt")
     try:
-        _manifest_precheck(frame, body_size, where, check_manifest)
-        body = _decompress_frames(frame, body_size, where)
+        if version == 2:
+            from quant.validate import read_frame_prefix
+
+            _manifest_precheck(lambda n: read_frame_prefix(coded, n, where), body_size, where, check_manifest)
+            body = _decompress_frames(coded, body_size, where)
+        else:
+            _manifest_precheck(lambda n: codec.read_prefix(coded, n), body_size, where, check_manifest)
+            body = codec.decode(coded, body_size)
     except zstandard.ZstdError as e:
         raise ArtifactError(f"{where}: corrupt or truncated compressed body ({e})") from e
+    except codec.CodecError as e:
+        raise ArtifactError(f"{where}: corrupt or truncated coded body ({e})") from e
     if len(body) != body_size:
         raise ArtifactError(f"{where}: body is {len(body)} bytes, the header says {body_size}; the file is corrupt")
     if hashlib.sha256(body).digest() != body_digest:
         raise ArtifactError(f"{where}: checksum mismatch: the artifact is corrupt")
-    return body
+    return body, version
 
 
 def _decompress_frames(data: bytes, body_size: int, where: str) -> bytearray:
@@ -254,7 +301,7 @@ def _decompress_frames(data: bytes, body_size: int, where: str) -> bytearray:
 
 def artifact_body(raw: bytes, where: str = "artifact") -> bytes:
     """The verified, decompressed body (u32 manifest length | manifest | payload) of artifact bytes."""
-    return _decompress(raw, where)
+    return _decompress(raw, where)[0]
 
 
 def _entry_tensor(payload: bytes, span, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -314,7 +361,7 @@ def decode_artifact(raw: bytes, where: str = "artifact", check_manifest=None) ->
     """Parse artifact bytes into (config dict, quantized tensors); `where` names the source in errors.
 
     `check_manifest(manifest)` runs before the payload is decompressed (see _manifest_precheck)."""
-    body = _decompress(raw, where, check_manifest)
+    body, version = _decompress(raw, where, check_manifest)
     if len(body) < MANIFEST_LEN.size:
         raise ArtifactError(f"{where}: body too short for a manifest")
     (mlen,) = MANIFEST_LEN.unpack_from(body)
@@ -324,8 +371,8 @@ def decode_artifact(raw: bytes, where: str = "artifact", check_manifest=None) ->
         manifest = json.loads(body[MANIFEST_LEN.size:MANIFEST_LEN.size + mlen].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{where}: manifest is not valid UTF-8 JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: manifest format_version is not {FORMAT_VERSION}")
+    if not isinstance(manifest, dict) or manifest.get("format_version") != version:
+        raise ArtifactError(f"{where}: manifest format_version is not the header's {version}")
     int6_storage = manifest.get("int6_storage")
     if int6_storage not in INT6_STORAGES or not isinstance(manifest.get("tensors"), list):
         raise ArtifactError(f"{where}: manifest lacks a valid int6_storage or tensor list")

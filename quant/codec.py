@@ -1,0 +1,176 @@
+"""The coding layer of artifact format 3: body bytes <-> coded bytes, one method per segment.
+
+The body (u32 manifest length | manifest | payload, as in format 2) is cut into segments at the places the
+caller names (quant.artifact cuts at the manifest's end, at every tensor's data and scale span, and between
+the byte planes of floating-point arrays, so each segment holds symbols of one distribution). Each segment is
+coded with whichever of these is smallest, measured:
+    raw    the bytes as they are (near-uniform bytes: float mantissas, the low bytes of scales);
+    zstd   one zstd frame (the manifest; repetitive data);
+    rANS   order-0 interleaved rANS with the segment's own frequency table (quant.rans): the quantized weights.
+zstd at the requested level is tried only where zstd level 1 comes within 10% of the best other method:
+on near-random weights it never does, and zstd-22 over 27 MB would take most of the encoding time.
+
+Coded layout (varints are LEB128):
+    varint segment count | per segment: varint method | varint decoded length | method data | rANS stream
+where a raw segment's data is its bytes, a zstd segment's is varint coded length | frame, and a rANS segment's
+is its frequency table; the symbols of all rANS segments share the one interleaved stream at the end.
+Decoding allocates the body once and never writes past the length the caller expects; any inconsistency is a
+CodecError naming the problem.
+"""
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+from quant import rans
+from quant.rans import read_varint, varint
+
+RAW, ZSTD, RANS = 0, 1, 2
+METHOD_NAMES = {RAW: "raw", ZSTD: "zstd", RANS: "rans"}
+ZSTD_TRIAL_MARGIN = 1.10
+
+
+class CodecError(ValueError):
+    """Coded bytes that do not decode to a body of the expected length."""
+
+
+def rans_plan(data: np.ndarray) -> tuple[int, np.ndarray, int, bytes]:
+    """(coded bytes incl. table, frequencies, precision, table bytes) of the cheapest rANS precision for `data`."""
+    counts = np.bincount(data, minlength=256)
+    best = None
+    for precision in range(max(rans.MIN_PRECISION, int(np.count_nonzero(counts) - 1).bit_length()),
+                           rans.MAX_PRECISION + 1):
+        freq = rans.quantize_counts(counts, precision)
+        table = rans.encode_table(freq, precision)
+        size = int(np.ceil(rans.coded_bits(counts, freq, precision) / 8)) + len(table)
+        if best is None or size < best[0]:
+            best = (size, freq, precision, table)
+    return best
+
+
+def choose_method(data: bytes, level: int) -> tuple[int, int, object]:
+    """(method, measured coded size, what encode needs) of the smallest coding of one segment."""
+    options = [(len(data), RAW, None)]
+    if data:
+        size, freq, precision, table = rans_plan(np.frombuffer(data, dtype=np.uint8))
+        options.append((size, RANS, (freq, precision, table)))
+        best_other = min(options)[0]
+        if len(zstandard.ZstdCompressor(level=1).compress(data)) <= ZSTD_TRIAL_MARGIN * best_other:
+            frame = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+            options.append((len(varint(len(frame))) + len(frame), ZSTD, frame))
+    size, method, extra = min(options, key=lambda o: (o[0], o[1]))
+    return method, size, extra
+
+
+def encode(body: bytes, cuts: list[int], level: int) -> tuple[bytes, list[dict]]:
+    """(coded bytes, one {offset, length, method, coded} per segment) for `body` cut at `cuts` (body offsets)."""
+    bounds = sorted({0, len(body), *(c for c in cuts if 0 < c < len(body))})
+    out = bytearray(varint(len(bounds) - 1))
+    report, rans_segments, rans_symbols = [], [], []
+    for a, b in zip(bounds, bounds[1:]):
+        data = body[a:b]
+        method, size, extra = choose_method(data, level)
+        out += varint(method) + varint(b - a)
+        if method == RAW:
+            out += data
+        elif method == ZSTD:
+            out += varint(len(extra)) + extra
+        else:
+            freq, precision, table = extra
+            out += table
+            rans_segments.append(rans.Segment(freq, precision, b - a, a))
+            rans_symbols.append(np.frombuffer(data, dtype=np.uint8))
+        report.append({"offset": a, "length": b - a, "method": METHOD_NAMES[method], "coded": size})
+    if rans_segments:
+        symbols = np.concatenate(rans_symbols)
+        out += rans.encode(symbols, rans_segments, rans.choose_lanes(len(symbols)))
+    return bytes(out), report
+
+
+def _inflate(frame, length: int) -> bytes:
+    """A zstd frame's content, refusing one that holds anything but exactly `length` bytes."""
+    with zstandard.ZstdDecompressor().stream_reader(frame) as reader:
+        data = reader.read(length + 1)
+        while len(data) <= length:
+            more = reader.read(length + 1 - len(data))
+            if not more:
+                break
+            data += more
+    if len(data) != length:
+        raise CodecError(f"a zstd segment holds {len(data)}{'+' if len(data) > length else ''} bytes, "
+                         f"its header says {length}")
+    return data
+
+
+def read_prefix(coded, size: int) -> bytes:
+    """The first `size` body bytes, from the raw or zstd segments at the start (the manifest's, for the
+    loader's checks before the body is decoded in full)."""
+    out = bytearray()
+    count, pos = read_varint(coded, 0)
+    for _ in range(count):
+        if len(out) >= size:
+            break
+        method, pos = read_varint(coded, pos)
+        length, pos = read_varint(coded, pos)
+        if method == RAW:
+            out += coded[pos:pos + length]
+            pos += length
+        elif method == ZSTD:
+            coded_len, pos = read_varint(coded, pos)
+            out += _inflate(coded[pos:pos + coded_len], length)
+            pos += coded_len
+        else:
+            raise CodecError(f"the body's first {size} bytes are not in raw or zstd segments")
+    if len(out) < size:
+        raise CodecError(f"the coded body ends after {len(out)} bytes, before its manifest does")
+    return bytes(out[:size])
+
+
+def decode(coded, body_size: int) -> bytearray:
+    """The body that `coded` holds; CodecError unless it decodes to exactly `body_size` bytes."""
+    try:
+        return _decode(memoryview(coded), body_size)
+    except rans.RansError as e:
+        raise CodecError(str(e)) from e
+    except zstandard.ZstdError as e:
+        raise CodecError(f"corrupt zstd segment ({e})") from e
+
+
+def _decode(coded: memoryview, body_size: int) -> bytearray:
+    count, pos = read_varint(coded, 0)
+    if count > body_size + 1:
+        raise CodecError(f"{count} segments for a {body_size}-byte body")
+    body = bytearray(body_size)
+    view = np.frombuffer(body, dtype=np.uint8) if body_size else np.zeros(0, dtype=np.uint8)
+    offset, rans_segments = 0, []
+    for _ in range(count):
+        method, pos = read_varint(coded, pos)
+        length, pos = read_varint(coded, pos)
+        if offset + length > body_size:
+            raise CodecError(f"the segments hold more than the header's {body_size} bytes")
+        if method == RAW:
+            if pos + length > len(coded):
+                raise CodecError("a raw segment runs past the end of the file")
+            body[offset:offset + length] = coded[pos:pos + length]
+            pos += length
+        elif method == ZSTD:
+            coded_len, pos = read_varint(coded, pos)
+            if pos + coded_len > len(coded):
+                raise CodecError("a zstd segment runs past the end of the file")
+            body[offset:offset + length] = _inflate(coded[pos:pos + coded_len], length)
+            pos += coded_len
+        elif method == RANS:
+            freq, precision, pos = rans.decode_table(coded, pos)
+            rans_segments.append(rans.Segment(freq, precision, length, offset))
+        else:
+            raise CodecError(f"unknown segment method {method}")
+        offset += length
+    if offset != body_size:
+        raise CodecError(f"the segments hold {offset} bytes, the header says {body_size}")
+    if rans_segments:
+        end = pos + rans.stream_size(coded, pos)
+        rans.decode(coded, pos, rans_segments, view)
+        pos = end
+    if pos != len(coded):
+        raise CodecError(f"{len(coded) - pos} bytes follow the coded body")
+    return body
