@@ -157,8 +157,8 @@ def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int =
     format 2 writes one zstd frame holding the manifest length and manifest, then the payload in independent
     frames of PAYLOAD_FRAME_BYTES. The body's manifest should name the same format_version."""
     if format_version == 3:
-        coded = codec.encode(body, segment_cuts(body), level)[0]
-    elif format_version == 2:
+        return code_body(body, level)[0]
+    if format_version == 2:
         split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
         pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES]
                                    for i in range(split, len(body), PAYLOAD_FRAME_BYTES)]
@@ -168,6 +168,13 @@ def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int =
         raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
     return HEADER.pack(MAGIC, format_version, len(body), hashlib.sha256(coded).digest(),
                        hashlib.sha256(body).digest()) + coded
+
+
+def code_body(body: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, list[dict]]:
+    """(format 3 artifact bytes, quant.codec's report of each segment's offset, length, method, coded size)."""
+    coded, report = codec.encode(body, segment_cuts(body), level)
+    return HEADER.pack(MAGIC, 3, len(body), hashlib.sha256(coded).digest(), hashlib.sha256(body).digest()) \
+        + coded, report
 
 
 def segment_cuts(body: bytes) -> list[int]:
