@@ -2,40 +2,41 @@
 
 File layout (all integers little-endian):
     magic   b"TGOLF\\x00"                   6 bytes
-    version u16 (FORMAT_VERSION)             2 bytes
-    size    u64: decompressed body bytes     8 bytes
-    sha256  of the compressed frames        32 bytes (rejects flips zstd would decode "correctly" anyway)
-    sha256  of the decompressed body        32 bytes
-    zstd frames (level 22 by default) that decompress, in order, to the body
-        u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes):
-      one frame holds the manifest length and manifest, then the payload follows in independent frames of
-      PAYLOAD_FRAME_BYTES (128 KiB) each.
-The manifest holds the format version, the model config dict, the int6 storage mode and, per tensor (sorted
-by name): name, shape, original dtype, scheme, stored dtype, and the [offset, length] of its data and of its
-fp16 scale(s) in the payload. Payload order groups tensors by scheme (int6 values, int8 values, fp16, fp32,
-raw) and puts all scales last; every floating-point array (passthrough tensors, scales) is stored as byte
-planes (byte 0 of every element, then byte 1, ...). There are no timestamps: equal weights give equal bytes.
+    version u16 (3, FORMAT_VERSION; 2 is still read)  2 bytes
+    size    u64: body bytes                  8 bytes
+    sha256  of the coded bytes              32 bytes (rejects flips a decoder would decode "correctly" anyway)
+    sha256  of the body                     32 bytes
+    the coded body.
+The body is u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes). The manifest holds
+the format version, the model config dict, the int6 storage mode and, per tensor (sorted by name): name, shape,
+original dtype, scheme, stored dtype, and the [offset, length] of its data and of its fp16 scale(s) in the
+payload. Payload order groups tensors by scheme (int6 values, int8 values, fp16, fp32, raw) and puts all scales
+last; every floating-point array (passthrough tensors, scales) is stored as byte planes (byte 0 of every
+element, then byte 1, ...). There are no timestamps: equal weights give equal bytes.
 
-Why this layout (format 2; measured against format 1, one frame with the manifest first and floats as they
-are, and against the seed's torch.save of the same quantized tensors + zstd-22, seed-style):
-                                        tiny demo model   seed preset, 60 CPU steps   seed preset at init
-    format 1                                 700,182              8,020,424                5,150,896
-    format 2                                 680,194              7,706,215                4,820,908
-    seed-style torch.save + zstd-22          716,854              7,710,630                4,927,071
-  - zstd-22 (btultra2) on these near-random bytes is chaotic: a few bytes moved at the front of one frame swing
-    the seed-size payload by up to 4% (7.94M to 8.25M for leading pads of 0..7 bytes; the seed-style figure
-    itself moves 7.71M to 8.22M with the pickle's length). Independent 128 KiB frames, one zstd block each,
-    let every block start from its own two-pass statistics: within 0.3% over those pads (a 4 MB slice) and
-    3.1% smaller on the trained seed proxy. The manifest's own frame keeps its JSON out of the payload's
-    statistics and stays readable before the payload is inflated (quant.validate's checks).
-  - Byte planes put the near-constant sign/exponent bytes of floats together: -14,164 bytes on the tiny model
-    (much of it fp16 passthrough), -46,874 on the seed proxy (fp32 projections, scales).
+Format 3 codes the body in segments (quant.codec): the manifest, each tensor's values, each byte plane of its
+floats and scales, each with the smallest of raw, zstd and order-0 interleaved rANS with the segment's own
+frequency table (quant.rans). Format 2 coded the same body as zstd-22 frames: one for the manifest, then the
+payload in independent frames of PAYLOAD_FRAME_BYTES (128 KiB; zstd-22 on near-random bytes is chaotic, and
+independent one-block frames were 3.1% smaller than one frame on a trained seed proxy). Measured with
+`python -m quant` (bytes; the bound is quant.bounds' order-0 bound of the stored symbols with side
+information; seed-style is torch.save of the same quantized tensors + zstd-22):
+                                  tiny demo, 300 steps   seed preset, 16 CPU steps   seed-size heavy-tailed
+    format 2                             679,533                6,233,974                 17,024,248
+    format 3                             672,890                5,927,496                 16,835,916
+    order-0 bound                        683,161                5,927,587                 16,825,402
+    seed-style torch.save + zstd-22      716,939                6,664,370                 17,055,255
+    format 3 / seed-style                 0.9386                   0.8894                     0.9871
+  (the seed preset trained with batch 2048, seq 512, 16 steps, live weights: every int6 row at the scale
+  floor, 1.42 bits per int6 value, where zstd's Huffman stage is far from the entropy; the heavy-tailed state
+  dict is bench.heavy_tailed's draw from the trained tiny model's rows, 4.84 bits per int6 value, where zstd-22
+  alone per tensor is already within 1.4% of the bound, so no order-0 coder reaches 0.96 x seed-style there.)
+  Decoding the seed-size heavy-tailed file takes 0.36 s of one core (time.process_time, decode_artifact).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
-quant.pack ("packed"). Through zstd-22 the int8 containers come out smaller: the byte alphabet stays visible
-to zstd's entropy coder, while packing smears each value across byte boundaries (format 1, seed-size state
-dicts, `python -m quant --compare-storage`: GPT init 5,150,896 (int8) vs 5,719,524 (packed) bytes; all 66
-matrices N(0, 0.3^2) 18,421,483 vs 19,881,222 bytes).
+quant.pack ("packed"). The coders see symbols in the int8 containers; packing smears each value across byte
+boundaries (format 1, zstd, seed-size state dicts, `python -m quant --compare-storage`: GPT init 5,150,896
+(int8) vs 5,719,524 (packed) bytes).
 
 Loading never unpickles: the payload is read with torch.frombuffer. Truncated, bit-flipped, wrong-magic or
 unknown-version files raise ArtifactError naming the file and the problem; format 1 files are refused with
