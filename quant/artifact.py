@@ -4,7 +4,9 @@ File layout (all integers little-endian):
     magic   b"TGOLF\\x00"                   6 bytes
     version u16 (3, FORMAT_VERSION; 2 is still read)  2 bytes
     size    u64: body bytes                  8 bytes
-    sha256  of the coded bytes              32 bytes (rejects flips a decoder would decode "correctly" anyway)
+    sha256  of the fields above, the next   32 bytes (rejects flips a decoder would decode "correctly" anyway,
+            and the coded bytes                       and flipped header fields before any decoding;
+                                                      format 2: of the coded bytes alone)
     sha256  of the body                     32 bytes
     the coded body.
 The body is u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes). The manifest holds
@@ -167,15 +169,27 @@ def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int =
         coded = b"".join(cctx.compress(piece) for piece in pieces)
     else:
         raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
-    return HEADER.pack(MAGIC, format_version, len(body), hashlib.sha256(coded).digest(),
-                       hashlib.sha256(body).digest()) + coded
+    return seal(body, coded, format_version)
+
+
+def seal(body: bytes, coded: bytes, format_version: int = FORMAT_VERSION) -> bytes:
+    """Header + coded bytes. Format 3's first digest covers the header's other fields too, so a flipped size or
+    body digest is caught before the body is decoded; format 2's covers the coded bytes alone."""
+    body_digest = hashlib.sha256(body).digest()
+    return HEADER.pack(MAGIC, format_version, len(body), _coded_digest(format_version, len(body), body_digest, coded),
+                       body_digest) + coded
+
+
+def _coded_digest(version: int, body_size: int, body_digest: bytes, coded: bytes) -> bytes:
+    if version == 2:
+        return hashlib.sha256(coded).digest()
+    return hashlib.sha256(struct.pack("<6sHQ", MAGIC, version, body_size) + body_digest + coded).digest()
 
 
 def code_body(body: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, list[dict]]:
     """(format 3 artifact bytes, quant.codec's report of each segment's offset, length, method, coded size)."""
     coded, report = codec.encode(body, segment_cuts(body), level)
-    return HEADER.pack(MAGIC, 3, len(body), hashlib.sha256(coded).digest(), hashlib.sha256(body).digest()) \
-        + coded, report
+    return seal(body, coded, 3), report
 
 
 def segment_cuts(body: bytes) -> list[int]:
@@ -185,9 +199,19 @@ def segment_cuts(body: bytes) -> list[int]:
     if len(body) < MANIFEST_LEN.size:
         return []
     start = MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]
-    cuts = [start]
     try:
         manifest = json.loads(body[MANIFEST_LEN.size:start].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    return manifest_cuts(manifest, start, len(body))
+
+
+def manifest_cuts(manifest, start: int, body_size: int) -> list[int]:
+    """segment_cuts from a parsed manifest (None or malformed: the manifest's end alone); `start` is the
+    payload's offset in the body. The decoder requires exactly these segments, so a file cannot make it hold
+    more segment tables than its manifest's tensors need."""
+    cuts = [start]
+    try:
         spans = []
         for e in manifest["tensors"]:
             spans.append((e["data"], _DTYPES[e["stored_dtype"]]))
@@ -197,9 +221,9 @@ def segment_cuts(body: bytes) -> list[int]:
             planes = torch.empty((), dtype=dtype).element_size() if dtype.is_floating_point else 1
             step = length // planes if length % planes == 0 else length
             cuts += [start + offset + k * step for k in range(planes + 1) if step]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return [start]
-    return sorted({c for c in cuts if isinstance(c, int) and start <= c <= len(body)})
+    return sorted({c for c in cuts if isinstance(c, int) and start <= c <= body_size})
 
 
 def encode_artifact(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
@@ -266,7 +290,7 @@ def _decompress(raw: bytes, where: str, check_manifest=None) -> tuple[bytes, int
         raise ArtifactError(f"{where}: header claims a {body_size}-byte body, over the {MAX_BODY_BYTES} limit; "
                             "the file is corrupt")
     coded = raw[HEADER.size:]
-    if hashlib.sha256(coded).digest() != frame_digest:
+    if _coded_digest(version, body_size, body_digest, coded) != frame_digest:
         raise ArtifactError(f"{where}: checksum mismatch in the compressed bytes: the artifact is truncated or "
                             "corrupt")
     try:
@@ -276,8 +300,9 @@ def _decompress(raw: bytes, where: str, check_manifest=None) -> tuple[bytes, int
             _manifest_precheck(lambda n: read_frame_prefix(coded, n, where), body_size, where, check_manifest)
             body = _decompress_frames(coded, body_size, where)
         else:
-            _manifest_precheck(lambda n: codec.read_prefix(coded, n), body_size, where, check_manifest)
-            body = codec.decode(coded, body_size)
+            manifest = _manifest_precheck(lambda n: codec.read_prefix(coded, n), body_size, where, check_manifest)
+            start = MANIFEST_LEN.size + MANIFEST_LEN.unpack(codec.read_prefix(coded, MANIFEST_LEN.size))[0]
+            body = codec.decode(coded, body_size, manifest_cuts(manifest, start, body_size))
     except zstandard.ZstdError as e:
         raise ArtifactError(f"{where}: corrupt or truncated compressed body ({e})") from e
     except codec.CodecError as e:

@@ -14,9 +14,11 @@ over 27 MB it would take most of the encoding time.
 Coded layout (varints are LEB128):
     varint segment count | per segment: varint method | varint decoded length | method data | rANS stream
 where a raw segment's data is its bytes, a zstd segment's is varint coded length | frame, and a rANS segment's
-is its frequency table; the symbols of all rANS segments share the one interleaved stream at the end.
-Decoding allocates the body once and never writes past the length the caller expects; any inconsistency is a
-CodecError naming the problem.
+is its frequency table; the symbols of all rANS segments share the one interleaved stream at the end (a
+segment of one repeated symbol is its table alone).
+Decoding allocates the body once and never writes past the length the caller expects; given the cuts (the
+artifact's manifest), it accepts only the segments encode makes for them, so no file holds more segment tables
+than its tensors need. Any inconsistency is a CodecError naming the problem.
 """
 from __future__ import annotations
 
@@ -37,15 +39,17 @@ class CodecError(ValueError):
 def rans_plan(data: np.ndarray) -> tuple[int, np.ndarray, int, bytes]:
     """(coded bytes incl. table, frequencies, precision, table bytes) of the cheapest rANS precision for `data`."""
     counts = np.bincount(data, minlength=256)
+    runs = rans.runs_size(counts)
     best = None
-    for precision in range(max(rans.MIN_PRECISION, int(np.count_nonzero(counts) - 1).bit_length()),
-                           rans.MAX_PRECISION + 1):
+    low = max(rans.MIN_PRECISION, int(np.count_nonzero(counts) - 1).bit_length())
+    high = max(low, min(rans.MAX_PRECISION, len(data).bit_length() + 1))  # finer than the counts gains nothing
+    for precision in range(low, high + 1):
         freq = rans.quantize_counts(counts, precision)
-        table = rans.encode_table(freq, precision)
-        size = int(np.ceil(rans.coded_bits(counts, freq, precision) / 8)) + len(table)
+        size = int(np.ceil(rans.coded_bits(counts, freq, precision) / 8)) + rans.table_size(freq, runs)
         if best is None or size < best[0]:
-            best = (size, freq, precision, table)
-    return best
+            best = (size, freq, precision)
+    size, freq, precision = best
+    return size, freq, precision, rans.encode_table(freq, precision)
 
 
 def choose_method(data: bytes, level: int) -> tuple[int, int, object]:
@@ -66,7 +70,7 @@ def choose_method(data: bytes, level: int) -> tuple[int, int, object]:
 
 def encode(body: bytes, cuts: list[int], level: int) -> tuple[bytes, list[dict]]:
     """(coded bytes, one {offset, length, method, coded} per segment) for `body` cut at `cuts` (body offsets)."""
-    bounds = sorted({0, len(body), *(c for c in cuts if 0 < c < len(body))})
+    bounds = segment_bounds(len(body), cuts)
     out = bytearray(varint(len(bounds) - 1))
     report, rans_segments, rans_symbols = [], [], []
     for a, b in zip(bounds, bounds[1:]):
@@ -80,8 +84,9 @@ def encode(body: bytes, cuts: list[int], level: int) -> tuple[bytes, list[dict]]
         else:
             freq, precision, table = extra
             out += table
-            rans_segments.append(rans.Segment(freq, precision, b - a, a))
-            rans_symbols.append(np.frombuffer(data, dtype=np.uint8))
+            if np.count_nonzero(freq) > 1:  # one symbol costs nothing and is not in the stream
+                rans_segments.append(rans.Segment(freq, precision, b - a, a))
+                rans_symbols.append(np.frombuffer(data, dtype=np.uint8))
         report.append({"offset": a, "length": b - a, "method": METHOD_NAMES[method], "coded": size})
     if rans_segments:
         symbols = np.concatenate(rans_symbols)
@@ -128,28 +133,39 @@ def read_prefix(coded, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def decode(coded, body_size: int) -> bytearray:
-    """The body that `coded` holds; CodecError unless it decodes to exactly `body_size` bytes."""
+def segment_bounds(body_size: int, cuts: list[int]) -> list[int]:
+    """The segments' boundaries (0, the cuts inside the body, body_size), as encode lays them."""
+    return sorted({0, body_size, *(c for c in cuts if 0 < c < body_size)})
+
+
+def decode(coded, body_size: int, cuts: list[int] | None = None) -> bytearray:
+    """The body that `coded` holds; CodecError unless it decodes to exactly `body_size` bytes and, when `cuts`
+    are given, its segments are exactly those encode makes for them."""
+    bounds = segment_bounds(body_size, cuts) if cuts is not None else None
     try:
-        return _decode(memoryview(coded), body_size)
+        return _decode(memoryview(coded), body_size, bounds)
     except rans.RansError as e:
         raise CodecError(str(e)) from e
     except zstandard.ZstdError as e:
         raise CodecError(f"corrupt zstd segment ({e})") from e
 
 
-def _decode(coded: memoryview, body_size: int) -> bytearray:
+def _decode(coded: memoryview, body_size: int, bounds: list[int] | None) -> bytearray:
     count, pos = read_varint(coded, 0)
-    if count > body_size + 1:
-        raise CodecError(f"{count} segments for a {body_size}-byte body")
+    if count > body_size + 1 or (bounds is not None and count != len(bounds) - 1):
+        raise CodecError(f"{count} segments for a {body_size}-byte body"
+                         + (f" whose manifest makes {len(bounds) - 1}" if bounds is not None else ""))
     body = bytearray(body_size)
     view = np.frombuffer(body, dtype=np.uint8) if body_size else np.zeros(0, dtype=np.uint8)
     offset, rans_segments = 0, []
-    for _ in range(count):
+    for i in range(count):
         method, pos = read_varint(coded, pos)
         length, pos = read_varint(coded, pos)
         if offset + length > body_size:
             raise CodecError(f"the segments hold more than the header's {body_size} bytes")
+        if bounds is not None and offset + length != bounds[i + 1]:
+            raise CodecError(f"a segment at body offset {offset} ends at {offset + length}, not where the "
+                             "manifest's tensors cut the body")
         if method == RAW:
             if pos + length > len(coded):
                 raise CodecError("a raw segment runs past the end of the file")
@@ -163,7 +179,10 @@ def _decode(coded: memoryview, body_size: int) -> bytearray:
             pos += coded_len
         elif method == RANS:
             freq, precision, pos = rans.decode_table(coded, pos)
-            rans_segments.append(rans.Segment(freq, precision, length, offset))
+            if np.count_nonzero(freq) > 1:
+                rans_segments.append(rans.Segment(freq, precision, length, offset))
+            else:
+                view[offset:offset + length] = int(np.flatnonzero(freq)[0])
         else:
             raise CodecError(f"unknown segment method {method}")
         offset += length

@@ -10,7 +10,7 @@ import zstandard
 from quant import codec
 from quant.artifact import (FORMAT_VERSION, HEADER, MAGIC, MANIFEST_LEN, ArtifactError, artifact_body,
                             compress_body, decode_artifact, encode_artifact, encode_body, load_artifact,
-                            load_artifact_int6, save_artifact, segment_cuts)
+                            load_artifact_int6, save_artifact, seal, segment_cuts)
 from quant.pack import pack_int6, unpack_int6
 from quant.schemes import quantize_state_dict
 
@@ -96,7 +96,12 @@ def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     assert magic == MAGIC and version == FORMAT_VERSION == 3
     coded = artifact_bytes[HEADER.size:]
     body = artifact_body(artifact_bytes)
-    assert bytes(codec.decode(coded, size)) == body and hashlib.sha256(coded).digest() == frame_digest
+    assert bytes(codec.decode(coded, size)) == body
+    assert hashlib.sha256(artifact_bytes[:16] + body_digest + coded).digest() == frame_digest  # header fields too
+    flipped = bytearray(artifact_bytes)
+    flipped[HEADER.size - 1] ^= 1  # the body digest: caught by the first digest, before any decoding
+    with pytest.raises(ArtifactError, match="checksum mismatch in the compressed bytes"):
+        decode_artifact(bytes(flipped))
     assert len(body) == size and hashlib.sha256(body).digest() == body_digest
     (mlen,) = MANIFEST_LEN.unpack_from(body)
     assert codec.read_prefix(coded, MANIFEST_LEN.size + mlen) == body[:MANIFEST_LEN.size + mlen]
@@ -180,6 +185,15 @@ def test_wrong_magic_unknown_version_and_trailing_bytes(artifact_bytes):
         decode_artifact(old)
     with pytest.raises(ArtifactError, match="corrupt"):
         decode_artifact(artifact_bytes + b"\x00junk")
+
+
+def test_segments_other_than_the_manifests_cuts_are_rejected(artifact_bytes):
+    body = artifact_body(artifact_bytes)
+    cuts = segment_cuts(body)
+    for other in ([c for c in cuts if c != cuts[2]], cuts + [cuts[1] + 1]):  # one cut missing, one extra
+        coded = codec.encode(body, other, level=3)[0]
+        with pytest.raises(ArtifactError, match="segments for a .* whose manifest makes"):
+            decode_artifact(seal(body, coded))
 
 
 def test_inconsistent_manifest_is_rejected():
