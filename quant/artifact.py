@@ -25,15 +25,15 @@ independent one-block frames were 3.1% smaller than one frame on a trained seed 
 information; seed-style is torch.save of the same quantized tensors + zstd-22):
                                   tiny demo, 300 steps   seed preset, 16 CPU steps   seed-size heavy-tailed
     format 2                             679,533                6,233,974                 17,024,248
-    format 3                             672,890                5,927,496                 16,835,916
+    format 3                             673,682                5,928,674                 16,836,008
     order-0 bound                        683,161                5,927,587                 16,825,402
     seed-style torch.save + zstd-22      716,939                6,664,370                 17,055,255
-    format 3 / seed-style                 0.9386                   0.8894                     0.9871
+    format 3 / seed-style                 0.9397                   0.8896                     0.9871
   (the seed preset trained with batch 2048, seq 512, 16 steps, live weights: every int6 row at the scale
   floor, 1.42 bits per int6 value, where zstd's Huffman stage is far from the entropy; the heavy-tailed state
   dict is bench.heavy_tailed's draw from the trained tiny model's rows, 4.84 bits per int6 value, where zstd-22
   alone per tensor is already within 1.4% of the bound, so no order-0 coder reaches 0.96 x seed-style there.)
-  Decoding the seed-size heavy-tailed file takes 0.36 s of one core (time.process_time, decode_artifact).
+  Decoding the seed-size heavy-tailed file takes 0.38 s on one thread (decode_s of `python -m quant`).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
 quant.pack ("packed"). The coders see symbols in the int8 containers; packing smears each value across byte

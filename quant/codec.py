@@ -8,8 +8,8 @@ coded with whichever of these is smallest, measured:
     zstd   one zstd frame (the manifest; repetitive data);
     rANS   order-0 interleaved rANS with the segment's own frequency table (quant.rans): the quantized weights.
 zstd is measured at level 1, and at the requested level only where level 1 already beats raw and rANS: on
-int6 weights level 22 came out no smaller than level 1 (seed-size, 5.2 bits per value: 0.2-4% larger) and
-over 27 MB it would take most of the encoding time.
+the int6 matrices of the seed-size heavy-tailed state dict (bench.heavy_tailed) level 22 came out 0.2-4% larger
+than level 1, and over 27 MB it would take most of the encoding time.
 
 Coded layout (varints are LEB128):
     varint segment count | per segment: varint method | varint decoded length | method data | rANS stream

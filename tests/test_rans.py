@@ -58,8 +58,10 @@ def test_quantized_frequencies_sum_to_the_precision_and_keep_every_symbol():
                 continue
             freq = rans.quantize_counts(counts, precision)
             assert freq.sum() == 1 << precision and np.array_equal(freq > 0, counts > 0)
-            back, p, end = rans.decode_table(rans.encode_table(freq, precision), 0)
-            assert np.array_equal(back, freq) and p == precision
+            table = rans.encode_table(freq, precision)
+            back, p, end = rans.decode_table(table, 0)
+            assert np.array_equal(back, freq) and p == precision and end == len(table)
+            assert rans.table_size(freq, rans.runs_size(counts)) == len(table)
     with pytest.raises(ValueError, match="do not fit precision"):
         rans.quantize_counts(np.ones(256, np.int64), 7)
 
