@@ -6,7 +6,8 @@ The seed counted its single train_gpt.py; our equivalent is, by default, every .
     kernels/  model/  train/  eval/  quant/
 
 except the quant files that only report and are not needed to produce or read an artifact:
-quant/__main__.py (this CLI), quant/size.py (this file) and quant/roundtrip.py (the quant-gap report).
+quant/__main__.py (this CLI), quant/size.py (this file), quant/roundtrip.py (the quant-gap report) and
+quant/bounds.py (the entropy-bound report).
 tests/ and bench/ are not shipped. This over-counts slightly (e.g. a data-download helper under train/), which
 is the safe side of the cap. The size table's footer lists the files counted; `--code-files` overrides them.
 """
