@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, compress_body, encode_body,
-                            stored_bytes, write_atomic)
+from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, code_body, compress_body,
+                            decode_artifact, encode_body, stored_bytes, write_atomic)
 from quant.schemes import CLIP_MODES, DEFAULT_CLIP, DEFAULT_SCALE_FLOOR, quantize_state_dict
 from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
 from common.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
@@ -38,7 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="also compress with the other int6 storage and report both sizes")
     ap.add_argument("--scale-floor", type=positive_float, default=DEFAULT_SCALE_FLOOR,
                     help="minimum int6 row scale (seed: 1/31)")
-    ap.add_argument("--level", type=int_in(1, 22), default=DEFAULT_LEVEL, help="zstd level (22 for a real artifact)")
+    ap.add_argument("--level", type=int_in(1, 22), default=DEFAULT_LEVEL,
+                    help="zstd level of the segments zstd codes (22 for a real artifact)")
+    ap.add_argument("--no-bounds", action="store_true",
+                    help="skip the entropy-bound table (order-0 bounds, zstd-22 per tensor, seed-style bytes)")
     ap.add_argument("--code-files", nargs="+", help="override the code files counted toward the cap")
     ap.add_argument("--cap", type=positive_int, default=CAP_BYTES, help="size cap in bytes (decimal)")
     ap.add_argument("--eval-data", help="data dir with val shards: also report the float vs artifact quant gap")
@@ -61,6 +64,23 @@ def int6_report(qtensors) -> str:
     choice = " ".join(f"{p}:{c}" for p, c in sorted(counts.items(), key=lambda kv: float(kv[0])))
     return (f"int6: {len(int6)} matrices, {rows} rows, scale floor fires on {floored / rows:.1%} of rows; "
             f"clip choices (rows) {choice}")
+
+
+def bounds_report(qtensors, order, body, segments, artifact_bytes, args, config, provenance) -> dict:
+    """Print the entropy-bound table (quant.bounds) and return its figures for the JSON line."""
+    from quant.bounds import artifact_bound, bound_rows, coded_by_tensor, format_bounds_table, seed_style_bytes
+
+    coded = coded_by_tensor(body, segments)
+    rows = bound_rows(qtensors, coded, args.int6_storage)
+    seed_style = seed_style_bytes(qtensors, order)
+    print(format_bounds_table(rows, coded, artifact_bytes, seed_style))
+    bound = artifact_bound(rows, coded)
+    format2 = len(compress_body(encode_body(qtensors, config, args.int6_storage, provenance, format_version=2),
+                                args.level, format_version=2))
+    print(f"format 2 (zstd frames) of the same body: {format2:,} B")
+    return {"bound_bytes": round(bound), "row_bound_bytes": round(sum(r.row_bound for r in rows)),
+            "seed_style_bytes": seed_style, "artifact_over_bound": round(artifact_bytes / bound, 4),
+            "artifact_over_seed_style": round(artifact_bytes / seed_style, 4), "format2_bytes": format2}
 
 
 def main(argv=None) -> int:
@@ -106,9 +126,13 @@ def run(args: argparse.Namespace) -> int:
     qtensors = quantize_state_dict(state, clip=args.clip, scale_floor=args.scale_floor)
     t_quant = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data = compress_body(encode_body(qtensors, config, args.int6_storage, provenance=source.provenance), args.level)
+    body = encode_body(qtensors, config, args.int6_storage, provenance=source.provenance)
+    data, segments = code_body(body, args.level)
     t_compress = time.perf_counter() - t0
     write_atomic(args.out, data)
+    t0 = time.perf_counter()
+    decode_artifact(data, where=str(args.out))
+    t_decode = time.perf_counter() - t0
 
     files = args.code_files or default_code_files()
     summary = size_summary(len(data), code_bytes(files), args.cap)
@@ -116,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_size_table(size_rows(qtensors, stored, len(data)), summary, files))
     print(int6_report(qtensors))
     result = dict(summary, artifact=str(args.out), clip=args.clip, int6_storage=args.int6_storage,
-                  zstd_level=args.level, quantize_s=round(t_quant, 2), compress_s=round(t_compress, 2))
+                  zstd_level=args.level, quantize_s=round(t_quant, 2), compress_s=round(t_compress, 2),
+                  decode_s=round(t_decode, 2))
+    if not args.no_bounds:
+        result.update(bounds_report(qtensors, list(state), body, segments, len(data), args, config,
+                                    source.provenance))
     if args.compare_storage:
         sizes = {args.int6_storage: len(data)}
         for other in INT6_STORAGES:

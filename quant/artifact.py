@@ -2,40 +2,43 @@
 
 File layout (all integers little-endian):
     magic   b"TGOLF\\x00"                   6 bytes
-    version u16 (FORMAT_VERSION)             2 bytes
-    size    u64: decompressed body bytes     8 bytes
-    sha256  of the compressed frames        32 bytes (rejects flips zstd would decode "correctly" anyway)
-    sha256  of the decompressed body        32 bytes
-    zstd frames (level 22 by default) that decompress, in order, to the body
-        u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes):
-      one frame holds the manifest length and manifest, then the payload follows in independent frames of
-      PAYLOAD_FRAME_BYTES (128 KiB) each.
-The manifest holds the format version, the model config dict, the int6 storage mode and, per tensor (sorted
-by name): name, shape, original dtype, scheme, stored dtype, and the [offset, length] of its data and of its
-fp16 scale(s) in the payload. Payload order groups tensors by scheme (int6 values, int8 values, fp16, fp32,
-raw) and puts all scales last; every floating-point array (passthrough tensors, scales) is stored as byte
-planes (byte 0 of every element, then byte 1, ...). There are no timestamps: equal weights give equal bytes.
+    version u16 (3, FORMAT_VERSION; 2 is still read)  2 bytes
+    size    u64: body bytes                  8 bytes
+    sha256  of the fields above, the next   32 bytes (rejects flips a decoder would decode "correctly" anyway,
+            and the coded bytes                       and flipped header fields before any decoding;
+                                                      format 2: of the coded bytes alone)
+    sha256  of the body                     32 bytes
+    the coded body.
+The body is u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes). The manifest holds
+the format version, the model config dict, the int6 storage mode and, per tensor (sorted by name): name, shape,
+original dtype, scheme, stored dtype, and the [offset, length] of its data and of its fp16 scale(s) in the
+payload. Payload order groups tensors by scheme (int6 values, int8 values, fp16, fp32, raw) and puts all scales
+last; every floating-point array (passthrough tensors, scales) is stored as byte planes (byte 0 of every
+element, then byte 1, ...). There are no timestamps: equal weights give equal bytes.
 
-Why this layout (format 2; measured against format 1, one frame with the manifest first and floats as they
-are, and against the seed's torch.save of the same quantized tensors + zstd-22, seed-style):
-                                        tiny demo model   seed preset, 60 CPU steps   seed preset at init
-    format 1                                 700,182              8,020,424                5,150,896
-    format 2                                 680,194              7,706,215                4,820,908
-    seed-style torch.save + zstd-22          716,854              7,710,630                4,927,071
-  - zstd-22 (btultra2) on these near-random bytes is chaotic: a few bytes moved at the front of one frame swing
-    the seed-size payload by up to 4% (7.94M to 8.25M for leading pads of 0..7 bytes; the seed-style figure
-    itself moves 7.71M to 8.22M with the pickle's length). Independent 128 KiB frames, one zstd block each,
-    let every block start from its own two-pass statistics: within 0.3% over those pads (a 4 MB slice) and
-    3.1% smaller on the trained seed proxy. The manifest's own frame keeps its JSON out of the payload's
-    statistics and stays readable before the payload is inflated (quant.validate's checks).
-  - Byte planes put the near-constant sign/exponent bytes of floats together: -14,164 bytes on the tiny model
-    (much of it fp16 passthrough), -46,874 on the seed proxy (fp32 projections, scales).
+Format 3 codes the body in segments (quant.codec): the manifest, each tensor's values, each byte plane of its
+floats and scales, each with the smallest of raw, zstd and order-0 interleaved rANS with the segment's own
+frequency table (quant.rans). Format 2 coded the same body as zstd-22 frames: one for the manifest, then the
+payload in independent frames of PAYLOAD_FRAME_BYTES (128 KiB; zstd-22 on near-random bytes is chaotic, and
+independent one-block frames were 3.1% smaller than one frame on a trained seed proxy). Measured with
+`python -m quant` (bytes; the bound is quant.bounds' order-0 bound of the stored symbols with side
+information; seed-style is torch.save of the same quantized tensors + zstd-22):
+                                  tiny demo, 300 steps   seed preset, 16 CPU steps   seed-size heavy-tailed
+    format 2                             679,533                6,233,974                 17,024,248
+    format 3                             673,682                5,928,674                 16,836,008
+    order-0 bound                        683,161                5,927,587                 16,825,402
+    seed-style torch.save + zstd-22      716,939                6,664,370                 17,055,255
+    format 3 / seed-style                 0.9397                   0.8896                     0.9871
+  (the seed preset trained with batch 2048, seq 512, 16 steps, live weights: every int6 row at the scale
+  floor, 1.42 bits per int6 value, where zstd's Huffman stage is far from the entropy; the heavy-tailed state
+  dict is bench.heavy_tailed's draw from the trained tiny model's rows, 4.84 bits per int6 value, where zstd-22
+  alone per tensor is already within 1.4% of the bound, so no order-0 coder reaches 0.96 x seed-style there.)
+  Decoding the seed-size heavy-tailed file takes 0.38 s on one thread (decode_s of `python -m quant`).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
-kernels.int6_layout ("packed"). Through zstd-22 the int8 containers come out smaller: the byte alphabet stays visible
-to zstd's entropy coder, while packing smears each value across byte boundaries (format 1, seed-size state
-dicts, `python -m quant --compare-storage`: GPT init 5,150,896 (int8) vs 5,719,524 (packed) bytes; all 66
-matrices N(0, 0.3^2) 18,421,483 vs 19,881,222 bytes).
+kernels.int6_layout ("packed"). The coders see symbols in the int8 containers; packing smears each value across byte
+boundaries (format 1, zstd, seed-size state dicts, `python -m quant --compare-storage`: GPT init 5,150,896
+(int8) vs 5,719,524 (packed) bytes).
 
 Loading never unpickles: the payload is read with torch.frombuffer. Truncated, bit-flipped, wrong-magic or
 unknown-version files raise ArtifactError naming the file and the problem; format 1 files are refused with
@@ -54,11 +57,13 @@ import zstandard
 
 from common.atomic import atomic_write
 from kernels.int6_layout import pack_int6, packed_row_bytes, unpack_int6
+from quant import codec
 from quant.schemes import (DEFAULT_SCALE_FLOOR, SCHEMES, QuantizedTensor, dequantize,
                            quantize_state_dict)
 
 MAGIC = b"TGOLF\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # format 2 (zstd frames over the whole body) is still read and can still be written
 HEADER = struct.Struct("<6sHQ32s32s")
 MANIFEST_LEN = struct.Struct("<I")
 INT6_STORAGES = ("int8", "packed")
@@ -113,7 +118,7 @@ def stored_bytes(qt: QuantizedTensor, int6_storage: str = DEFAULT_INT6_STORAGE) 
 
 
 def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
-                provenance: dict | None = None) -> bytes:
+                provenance: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
     """The uncompressed body (manifest length, manifest, payload) for already-quantized tensors; `provenance`
     (common.provenance: tokenizer fingerprint, data identity) goes into the manifest, compacted, when given."""
     if int6_storage not in INT6_STORAGES:
@@ -134,7 +139,9 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
             entries[qt.name]["scale"] = [offset, len(raw)]
             chunks.append(raw)
             offset += len(raw)
-    manifest = {"format_version": FORMAT_VERSION, "config": config, "int6_storage": int6_storage,
+    if format_version not in READ_VERSIONS:
+        raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
+    manifest = {"format_version": format_version, "config": config, "int6_storage": int6_storage,
                 "tensors": [entries[qt.name] for qt in qtensors]}
     if provenance is not None:
         from common.provenance import artifact_provenance
@@ -147,15 +154,76 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
     return MANIFEST_LEN.pack(len(manifest_bytes)) + manifest_bytes + b"".join(chunks)
 
 
-def compress_body(body: bytes, level: int = DEFAULT_LEVEL) -> bytes:
-    """The complete artifact bytes for a body: the header, one zstd frame holding the manifest length and
-    manifest, then the payload in independent frames of PAYLOAD_FRAME_BYTES (see the module docstring)."""
-    split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
-    pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES] for i in range(split, len(body), PAYLOAD_FRAME_BYTES)]
-    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    frames = b"".join(cctx.compress(piece) for piece in pieces)
-    return HEADER.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(frames).digest(),
-                       hashlib.sha256(body).digest()) + frames
+def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int = FORMAT_VERSION) -> bytes:
+    """The complete artifact bytes for a body: the header, then the coded body. Format 3 (the default) codes
+    each segment of segment_cuts(body) with its smallest method (quant.codec: rANS, zstd at `level`, raw);
+    format 2 writes one zstd frame holding the manifest length and manifest, then the payload in independent
+    frames of PAYLOAD_FRAME_BYTES. The body's manifest should name the same format_version."""
+    if format_version == 3:
+        return code_body(body, level)[0]
+    if format_version == 2:
+        split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
+        pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES]
+                                   for i in range(split, len(body), PAYLOAD_FRAME_BYTES)]
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        coded = b"".join(cctx.compress(piece) for piece in pieces)
+    else:
+        raise ValueError(f"artifact format {format_version} cannot be written (choose one of {READ_VERSIONS})")
+    return seal(body, coded, format_version)
+
+
+def seal(body: bytes, coded: bytes, format_version: int = FORMAT_VERSION) -> bytes:
+    """Header + coded bytes. Format 3's first digest covers the header's other fields too, so a flipped size or
+    body digest is caught before the body is decoded; format 2's covers the coded bytes alone."""
+    body_digest = hashlib.sha256(body).digest()
+    return HEADER.pack(MAGIC, format_version, len(body), _coded_digest(format_version, len(body), body_digest, coded),
+                       body_digest) + coded
+
+
+def _coded_digest(version: int, body_size: int, body_digest: bytes, coded: bytes) -> bytes:
+    if version == 2:
+        return hashlib.sha256(coded).digest()
+    return hashlib.sha256(struct.pack("<6sHQ", MAGIC, version, body_size) + body_digest + coded).digest()
+
+
+def code_body(body: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, list[dict]]:
+    """(format 3 artifact bytes, quant.codec's report of each segment's offset, length, method, coded size)."""
+    coded, report = codec.encode(body, segment_cuts(body), level)
+    return seal(body, coded, 3), report
+
+
+def segment_cuts(body: bytes) -> list[int]:
+    """Where format 3 cuts a body into segments: the manifest's end, and within the payload every tensor's data
+    and scale span, split further between the byte planes of floating-point arrays (each plane is a
+    distribution of its own). A body whose manifest does not parse is cut at the manifest's end alone."""
+    if len(body) < MANIFEST_LEN.size:
+        return []
+    start = MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]
+    try:
+        manifest = json.loads(body[MANIFEST_LEN.size:start].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    return manifest_cuts(manifest, start, len(body))
+
+
+def manifest_cuts(manifest, start: int, body_size: int) -> list[int]:
+    """segment_cuts from a parsed manifest (None or malformed: the manifest's end alone); `start` is the
+    payload's offset in the body. The decoder requires exactly these segments, so a file cannot make it hold
+    more segment tables than its manifest's tensors need."""
+    cuts = [start]
+    try:
+        spans = []
+        for e in manifest["tensors"]:
+            spans.append((e["data"], _DTYPES[e["stored_dtype"]]))
+            if e.get("scale") is not None:
+                spans.append((e["scale"], torch.float16))
+        for (offset, length), dtype in spans:
+            planes = torch.empty((), dtype=dtype).element_size() if dtype.is_floating_point else 1
+            step = length // planes if length % planes == 0 else length
+            cuts += [start + offset + k * step for k in range(planes + 1) if step]
+    except (KeyError, TypeError, ValueError):
+        return [start]
+    return sorted({c for c in cuts if isinstance(c, int) and start <= c <= body_size})
 
 
 def encode_artifact(qtensors: list[QuantizedTensor], config: dict, int6_storage: str = DEFAULT_INT6_STORAGE,
@@ -179,18 +247,19 @@ def save_artifact(state_dict: dict[str, torch.Tensor], config_dict: dict, path: 
     return len(data)
 
 
-def _manifest_precheck(frame: bytes, body_size: int, where: str, check_manifest=None) -> None:
-    """Before the body is decompressed in full (quant.validate): read only its manifest (the body starts with
-    u32 length + manifest), refuse payload bytes no tensor uses (so a body is never larger than its tensors
-    need), and run the caller's `check_manifest(manifest)` (e.g. the model config's bounds). If the manifest
-    moves in the body layout, keep this check ahead of the payload's decompression."""
-    from quant.validate import check_manifest_spans, read_frame_prefix
+def _manifest_precheck(read_prefix, body_size: int, where: str, check_manifest=None) -> dict:
+    """Before the body is decoded in full (quant.validate): read only its manifest (the body starts with
+    u32 length + manifest; `read_prefix(n)` gives the body's first n bytes), refuse payload bytes no tensor
+    uses (so a body is never larger than its tensors need), and run the caller's `check_manifest(manifest)`
+    (e.g. the model config's bounds). If the manifest moves in the body layout, keep this check ahead of the
+    payload's decoding. Returns the manifest."""
+    from quant.validate import check_manifest_spans
 
     try:
-        (mlen,) = MANIFEST_LEN.unpack(read_frame_prefix(frame, MANIFEST_LEN.size, where))
+        (mlen,) = MANIFEST_LEN.unpack(read_prefix(MANIFEST_LEN.size))
         if MANIFEST_LEN.size + mlen > body_size:
             raise ArtifactError(f"{where}: manifest length {mlen} runs past the {body_size}-byte body")
-        text = read_frame_prefix(frame, MANIFEST_LEN.size + mlen, where)[MANIFEST_LEN.size:]
+        text = read_prefix(MANIFEST_LEN.size + mlen)[MANIFEST_LEN.size:]
         try:
             manifest = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -202,9 +271,11 @@ def _manifest_precheck(frame: bytes, body_size: int, where: str, check_manifest=
         raise
     except ValueError as e:
         raise ArtifactError(str(e)) from e
+    return manifest
 
 
-def _decompress(raw: bytes, where: str, check_manifest=None) -> bytes:
+def _decompress(raw: bytes, where: str, check_manifest=None) -> tuple[bytes, int]:
+    """(verified body, format version) of artifact bytes."""
     if len(raw) < HEADER.size:
         raise ArtifactError(f"{where}: truncated artifact: {len(raw)} bytes, the header alone needs {HEADER.size}")
     magic, version, body_size, frame_digest, body_digest = HEADER.unpack_from(raw)
@@ -212,26 +283,35 @@ def _decompress(raw: bytes, where: str, check_manifest=None) -> bytes:
         raise ArtifactError(f"{where}: not a triton-golf artifact (magic {magic!r}, expected {MAGIC!r})")
     if version == 1:
         raise ArtifactError(f"{where}: artifact format version 1 is no longer supported; re-run python -m quant")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ArtifactError(f"{where}: unsupported artifact format version {version} (this code reads "
-                            f"version {FORMAT_VERSION})")
+                            f"versions {', '.join(map(str, READ_VERSIONS))})")
     if body_size > MAX_BODY_BYTES:
         raise ArtifactError(f"{where}: header claims a {body_size}-byte body, over the {MAX_BODY_BYTES} limit; "
                             "the file is corrupt")
-    frame = raw[HEADER.size:]
-    if hashlib.sha256(frame).digest() != frame_digest:
+    coded = raw[HEADER.size:]
+    if _coded_digest(version, body_size, body_digest, coded) != frame_digest:
         raise ArtifactError(f"{where}: checksum mismatch in the compressed bytes: the artifact is truncated or "
                             "corrupt")
     try:
-        _manifest_precheck(frame, body_size, where, check_manifest)
-        body = _decompress_frames(frame, body_size, where)
+        if version == 2:
+            from quant.validate import read_frame_prefix
+
+            _manifest_precheck(lambda n: read_frame_prefix(coded, n, where), body_size, where, check_manifest)
+            body = _decompress_frames(coded, body_size, where)
+        else:
+            manifest = _manifest_precheck(lambda n: codec.read_prefix(coded, n), body_size, where, check_manifest)
+            start = MANIFEST_LEN.size + MANIFEST_LEN.unpack(codec.read_prefix(coded, MANIFEST_LEN.size))[0]
+            body = codec.decode(coded, body_size, manifest_cuts(manifest, start, body_size))
     except zstandard.ZstdError as e:
         raise ArtifactError(f"{where}: corrupt or truncated compressed body ({e})") from e
+    except codec.CodecError as e:
+        raise ArtifactError(f"{where}: corrupt or truncated coded body ({e})") from e
     if len(body) != body_size:
         raise ArtifactError(f"{where}: body is {len(body)} bytes, the header says {body_size}; the file is corrupt")
     if hashlib.sha256(body).digest() != body_digest:
         raise ArtifactError(f"{where}: checksum mismatch: the artifact is corrupt")
-    return body
+    return body, version
 
 
 def _decompress_frames(data: bytes, body_size: int, where: str) -> bytearray:
@@ -254,7 +334,7 @@ def _decompress_frames(data: bytes, body_size: int, where: str) -> bytearray:
 
 def artifact_body(raw: bytes, where: str = "artifact") -> bytes:
     """The verified, decompressed body (u32 manifest length | manifest | payload) of artifact bytes."""
-    return _decompress(raw, where)
+    return _decompress(raw, where)[0]
 
 
 def _entry_tensor(payload: bytes, span, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -314,7 +394,7 @@ def decode_artifact(raw: bytes, where: str = "artifact", check_manifest=None) ->
     """Parse artifact bytes into (config dict, quantized tensors); `where` names the source in errors.
 
     `check_manifest(manifest)` runs before the payload is decompressed (see _manifest_precheck)."""
-    body = _decompress(raw, where, check_manifest)
+    body, version = _decompress(raw, where, check_manifest)
     if len(body) < MANIFEST_LEN.size:
         raise ArtifactError(f"{where}: body too short for a manifest")
     (mlen,) = MANIFEST_LEN.unpack_from(body)
@@ -324,8 +404,8 @@ def decode_artifact(raw: bytes, where: str = "artifact", check_manifest=None) ->
         manifest = json.loads(body[MANIFEST_LEN.size:MANIFEST_LEN.size + mlen].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{where}: manifest is not valid UTF-8 JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: manifest format_version is not {FORMAT_VERSION}")
+    if not isinstance(manifest, dict) or manifest.get("format_version") != version:
+        raise ArtifactError(f"{where}: manifest format_version is not the header's {version}")
     int6_storage = manifest.get("int6_storage")
     if int6_storage not in INT6_STORAGES or not isinstance(manifest.get("tensors"), list):
         raise ArtifactError(f"{where}: manifest lacks a valid int6_storage or tensor list")

@@ -7,9 +7,10 @@ import pytest
 import torch
 import zstandard
 
+from quant import codec
 from quant.artifact import (FORMAT_VERSION, HEADER, MAGIC, MANIFEST_LEN, ArtifactError, artifact_body,
-                            compress_body, decode_artifact, encode_artifact, load_artifact, load_artifact_int6,
-                            save_artifact)
+                            compress_body, decode_artifact, encode_artifact, encode_body, load_artifact,
+                            load_artifact_int6, save_artifact, seal, segment_cuts)
 from kernels.int6_layout import pack_int6, unpack_int6
 from quant.schemes import quantize_state_dict
 
@@ -92,16 +93,20 @@ def test_level_22_on_a_small_payload(tmp_path):
 
 def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     magic, version, size, frame_digest, body_digest = HEADER.unpack_from(artifact_bytes)
-    assert magic == MAGIC and version == FORMAT_VERSION == 2
-    frames = artifact_bytes[HEADER.size:]
-    head = zstandard.ZstdDecompressor().decompressobj().decompress(frames)  # frame 1: manifest length + manifest
-    body = artifact_body(artifact_bytes)  # then the payload in frames of up to PAYLOAD_FRAME_BYTES
-    assert body.startswith(head) and hashlib.sha256(frames).digest() == frame_digest
+    assert magic == MAGIC and version == FORMAT_VERSION == 3
+    coded = artifact_bytes[HEADER.size:]
+    body = artifact_body(artifact_bytes)
+    assert bytes(codec.decode(coded, size)) == body
+    assert hashlib.sha256(artifact_bytes[:16] + body_digest + coded).digest() == frame_digest  # header fields too
+    flipped = bytearray(artifact_bytes)
+    flipped[HEADER.size - 1] ^= 1  # the body digest: caught by the first digest, before any decoding
+    with pytest.raises(ArtifactError, match="checksum mismatch in the compressed bytes"):
+        decode_artifact(bytes(flipped))
     assert len(body) == size and hashlib.sha256(body).digest() == body_digest
     (mlen,) = MANIFEST_LEN.unpack_from(body)
-    assert len(head) == MANIFEST_LEN.size + mlen
+    assert codec.read_prefix(coded, MANIFEST_LEN.size + mlen) == body[:MANIFEST_LEN.size + mlen]
     manifest = json.loads(body[MANIFEST_LEN.size:MANIFEST_LEN.size + mlen])
-    assert manifest["format_version"] == 2 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
+    assert manifest["format_version"] == 3 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
     names = [e["name"] for e in manifest["tensors"]]
     assert names == sorted(small_state_dict())
     payload_len = len(body) - MANIFEST_LEN.size - mlen
@@ -113,6 +118,25 @@ def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     planes = torch.frombuffer(bytearray(body[mlen + 4 + offset:][:length]), dtype=torch.uint8).view(2, -1)
     want = small_state_dict()["blocks.0.mlp.alpha"].half()
     assert torch.equal(planes.t().contiguous().view(torch.float16).reshape(-1), want)
+    cuts = segment_cuts(body)  # segments: the manifest, then each tensor span, floats split into byte planes
+    assert cuts[0] == MANIFEST_LEN.size + mlen and MANIFEST_LEN.size + mlen + offset + length // 2 in cuts
+
+
+def test_format_2_files_are_still_read():
+    qts = quantize_state_dict(small_state_dict())
+    old = compress_body(encode_body(qts, CONFIG, format_version=2), level=3, format_version=2)
+    assert HEADER.unpack_from(old)[1] == 2
+    frames = old[HEADER.size:]  # format 2: the manifest frame, then the payload in zstd frames
+    head = zstandard.ZstdDecompressor().decompressobj().decompress(frames)
+    assert artifact_body(old).startswith(head) and len(head) == MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(head)[0]
+    config, a = decode_artifact(old)
+    _, b = decode_artifact(encode_artifact(qts, CONFIG, level=3))
+    assert config == CONFIG and [x.name for x in a] == [y.name for y in b]
+    for x, y in zip(a, b):
+        assert torch.equal(x.data, y.data) and (x.scale is None or torch.equal(x.scale, y.scale))
+    mismatched = compress_body(encode_body(qts, CONFIG, format_version=2), level=3)  # a v3 header, a v2 manifest
+    with pytest.raises(ArtifactError, match="format_version is not the header's 3"):
+        decode_artifact(mismatched)
 
 
 def test_load_never_unpickles(tmp_path, monkeypatch):
@@ -161,6 +185,15 @@ def test_wrong_magic_unknown_version_and_trailing_bytes(artifact_bytes):
         decode_artifact(old)
     with pytest.raises(ArtifactError, match="corrupt"):
         decode_artifact(artifact_bytes + b"\x00junk")
+
+
+def test_segments_other_than_the_manifests_cuts_are_rejected(artifact_bytes):
+    body = artifact_body(artifact_bytes)
+    cuts = segment_cuts(body)
+    for other in ([c for c in cuts if c != cuts[2]], cuts + [cuts[1] + 1]):  # one cut missing, one extra
+        coded = codec.encode(body, other, level=3)[0]
+        with pytest.raises(ArtifactError, match="segments for a .* whose manifest makes"):
+            decode_artifact(seal(body, coded))
 
 
 def test_inconsistent_manifest_is_rejected():
