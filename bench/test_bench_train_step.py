@@ -19,13 +19,12 @@ from bench.shapes import MODEL_VARIANTS, POLICY_VARIANTS
 
 
 def _optimizers(model, cfg, shapes, import_or_skip):
-    """(optimizers, EMA, train config) exactly as train.loop builds them for the preset."""
-    optim, train_config, ema = (import_or_skip(f"train.{name}") for name in ("optim", "config", "ema"))
+    """(optimizers, EMA, train config) exactly as train.loop builds them for the preset, after giving tok_emb
+    the preset's storage dtype (bf16 for the seed, as PR #598's run: train.step.build_training_model)."""
+    step, train_config, ema = (import_or_skip(f"train.{name}") for name in ("step", "config", "ema"))
     tc = train_config.get_train_config(shapes.model_preset)
-    optimizers = optim.build_optimizers(
-        model, cfg.num_encoder_layers, matrix_lr=tc.matrix_lr, scalar_lr=tc.scalar_lr, tok_lr=tc.tok_lr,
-        decoder_lr_mult=tc.decoder_lr_mult, muon_momentum=tc.muon_momentum, muon_wd=tc.muon_wd,
-        adam_wd=tc.adam_wd, adam_betas=(tc.adam_beta1, tc.adam_beta2), adam_eps=tc.adam_eps, ns_steps=tc.ns_steps)
+    model.tok_emb.to(getattr(torch, tc.tok_emb_dtype))
+    optimizers = step.build_training_optimizers(model, tc)
     return optimizers, ema.EMA(model, tc.ema_decay), tc
 
 
