@@ -66,8 +66,7 @@ def rehearse(preset: str, seqs: tuple[int, ...], ttt_seqs: int, capture_seqs: in
     first = next(iter(out["policies"].values()), None)
     if first is not None:
         opt = runner.run("optimizer step: clip, Muon (batched), AdamW (fused), EMA", "any",
-                         lambda: stages.optimizer_steps(first["forward"]["mode"], first["forward"]["model"],
-                                                        first["forward"]["cfg"]),
+                         lambda: stages.optimizer_steps(first["forward"]["mode"], first["forward"]["model"], preset),
                          lambda r: f"ok: {len(r['calls'])} ops")
         out["optimizer"] = opt
     name, backend, kernels = policies()[0]

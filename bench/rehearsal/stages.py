@@ -164,14 +164,14 @@ def _stops(fn, graphs: list) -> str:
     return "ok (" + ", ".join(f"{kind} graph {n} nodes" for kind, n in graphs) + ")"
 
 
-def optimizer_steps(mode: FakeTensorMode, model, cfg) -> dict:
+def optimizer_steps(mode: FakeTensorMode, model, preset: str) -> dict:
     """Gradient clip, batched Muon, AdamW (fused on CUDA) and the EMA update on fake CUDA parameters, as
     train.loop runs them; the optimizer state's bytes after the first step."""
     from train.config import get_train_config
     from train.ema import EMA
     from train.step import build_training_optimizers
 
-    tcfg = get_train_config(cfg_preset(cfg))
+    tcfg = get_train_config(preset)
     for p in model.parameters():
         p.requires_grad_(True)
     with mode:
@@ -190,11 +190,6 @@ def optimizer_steps(mode: FakeTensorMode, model, cfg) -> dict:
     ema_bytes = sum(tensor_bytes(t) for t in ema.state_dict().values())
     return {"state_bytes": state, "ema_bytes": ema_bytes, "calls": log.calls,
             "param_bytes": sum(tensor_bytes(p) for p in model.parameters())}
-
-
-def cfg_preset(cfg) -> str:
-    """The training preset matching a model config (the seed's unless it is the tiny model)."""
-    return "tiny" if cfg.model_dim < 512 else "seed"
 
 
 def largest_transient(calls: list) -> int:
