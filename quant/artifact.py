@@ -62,8 +62,9 @@ from quant.schemes import (DEFAULT_SCALE_FLOOR, SCHEMES, QuantizedTensor, dequan
                            quantize_state_dict)
 
 MAGIC = b"TGOLF\x00"
-FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3)  # format 2 (zstd frames over the whole body) is still read and can still be written
+FORMAT_VERSION = 4
+READ_VERSIONS = (2, 3, 4)  # formats 2 (zstd frames) and 3 (order-0 segments) are still read and can still be written
+MATRIX_SCHEMES = ("int6_per_row", "int8_per_tensor")
 HEADER = struct.Struct("<6sHQ32s32s")
 MANIFEST_LEN = struct.Struct("<I")
 INT6_STORAGES = ("int8", "packed")
@@ -159,8 +160,8 @@ def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int =
     each segment of segment_cuts(body) with its smallest method (quant.codec: rANS, zstd at `level`, raw);
     format 2 writes one zstd frame holding the manifest length and manifest, then the payload in independent
     frames of PAYLOAD_FRAME_BYTES. The body's manifest should name the same format_version."""
-    if format_version == 3:
-        return code_body(body, level)[0]
+    if format_version in (3, 4):
+        return code_body(body, level, format_version)[0]
     if format_version == 2:
         split = min(len(body), MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]) if len(body) >= 4 else len(body)
         pieces = [body[:split]] + [body[i:i + PAYLOAD_FRAME_BYTES]
@@ -186,10 +187,46 @@ def _coded_digest(version: int, body_size: int, body_digest: bytes, coded: bytes
     return hashlib.sha256(struct.pack("<6sHQ", MAGIC, version, body_size) + body_digest + coded).digest()
 
 
-def code_body(body: bytes, level: int = DEFAULT_LEVEL) -> tuple[bytes, list[dict]]:
-    """(format 3 artifact bytes, quant.codec's report of each segment's offset, length, method, coded size)."""
-    coded, report = codec.encode(body, segment_cuts(body), level)
-    return seal(body, coded, 3), report
+def code_body(body: bytes, level: int = DEFAULT_LEVEL,
+              format_version: int = FORMAT_VERSION) -> tuple[bytes, list[dict]]:
+    """(format 3 or 4 artifact bytes, quant.codec's report of each segment's offset, length, method, coded
+    size). Format 4 lets the int6/int8 matrices use width contexts (quant.width_contexts); format 3 does not."""
+    if format_version not in (3, 4):
+        raise ValueError(f"code_body writes formats 3 and 4, not {format_version}")
+    matrices = body_matrices(body) if format_version == 4 else None
+    coded, report = codec.encode(body, segment_cuts(body), level, matrices)
+    return seal(body, coded, format_version), report
+
+
+def _body_manifest(body: bytes):
+    """(parsed manifest or None when it does not parse, payload offset) of a body."""
+    start = MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]
+    try:
+        return json.loads(body[MANIFEST_LEN.size:start].decode("utf-8")), start
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, start
+
+
+def body_matrices(body: bytes) -> dict[int, int]:
+    """manifest_matrices of a body (none when its manifest does not parse)."""
+    if len(body) < MANIFEST_LEN.size:
+        return {}
+    return manifest_matrices(*_body_manifest(body))
+
+
+def manifest_matrices(manifest, start: int) -> dict[int, int]:
+    """{body offset: rows} of the segments format 4 may code with width contexts: the data spans of the 2-D
+    int6/int8 matrices stored one value per byte (not bit-packed int6)."""
+    out = {}
+    try:
+        for e in manifest["tensors"]:
+            shape, (offset, length) = e["shape"], e["data"]
+            if (e["scheme"] in MATRIX_SCHEMES and e["stored_dtype"] == "int8" and len(shape) == 2
+                    and isinstance(shape[0], int) and shape[0] > 0 and length == shape[0] * shape[1]):
+                out[start + offset] = shape[0]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return out
 
 
 def segment_cuts(body: bytes) -> list[int]:
@@ -198,11 +235,7 @@ def segment_cuts(body: bytes) -> list[int]:
     distribution of its own). A body whose manifest does not parse is cut at the manifest's end alone."""
     if len(body) < MANIFEST_LEN.size:
         return []
-    start = MANIFEST_LEN.size + MANIFEST_LEN.unpack_from(body)[0]
-    try:
-        manifest = json.loads(body[MANIFEST_LEN.size:start].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        manifest = None
+    manifest, start = _body_manifest(body)
     return manifest_cuts(manifest, start, len(body))
 
 
@@ -302,7 +335,8 @@ def _decompress(raw: bytes, where: str, check_manifest=None) -> tuple[bytes, int
         else:
             manifest = _manifest_precheck(lambda n: codec.read_prefix(coded, n), body_size, where, check_manifest)
             start = MANIFEST_LEN.size + MANIFEST_LEN.unpack(codec.read_prefix(coded, MANIFEST_LEN.size))[0]
-            body = codec.decode(coded, body_size, manifest_cuts(manifest, start, body_size))
+            matrices = manifest_matrices(manifest, start) if version == 4 else None
+            body = codec.decode(coded, body_size, manifest_cuts(manifest, start, body_size), matrices)
     except zstandard.ZstdError as e:
         raise ArtifactError(f"{where}: corrupt or truncated compressed body ({e})") from e
     except codec.CodecError as e:

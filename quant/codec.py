@@ -25,11 +25,11 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from quant import rans
+from quant import rans, width_contexts
 from quant.rans import read_varint, varint
 
-RAW, ZSTD, RANS = 0, 1, 2
-METHOD_NAMES = {RAW: "raw", ZSTD: "zstd", RANS: "rans"}
+RAW, ZSTD, RANS, WIDTH = 0, 1, 2, 3
+METHOD_NAMES = {RAW: "raw", ZSTD: "zstd", RANS: "rans", WIDTH: "width-contexts"}
 
 
 class CodecError(ValueError):
@@ -38,26 +38,20 @@ class CodecError(ValueError):
 
 def rans_plan(data: np.ndarray) -> tuple[int, np.ndarray, int, bytes]:
     """(coded bytes incl. table, frequencies, precision, table bytes) of the cheapest rANS precision for `data`."""
-    counts = np.bincount(data, minlength=256)
-    runs = rans.runs_size(counts)
-    best = None
-    low = max(rans.MIN_PRECISION, int(np.count_nonzero(counts) - 1).bit_length())
-    high = max(low, min(rans.MAX_PRECISION, len(data).bit_length() + 1))  # finer than the counts gains nothing
-    for precision in range(low, high + 1):
-        freq = rans.quantize_counts(counts, precision)
-        size = int(np.ceil(rans.coded_bits(counts, freq, precision) / 8)) + rans.table_size(freq, runs)
-        if best is None or size < best[0]:
-            best = (size, freq, precision)
-    size, freq, precision = best
-    return size, freq, precision, rans.encode_table(freq, precision)
+    return rans.plan_table(np.bincount(data, minlength=256))
 
 
-def choose_method(data: bytes, level: int) -> tuple[int, int, object]:
-    """(method, measured coded size, what encode needs) of the smallest coding of one segment."""
+def choose_method(data: bytes, level: int, rows: int | None = None) -> tuple[int, int, object]:
+    """(method, measured coded size, what encode needs) of the smallest coding of one segment; `rows` (a
+    matrix segment's row count) adds the width-context option."""
     options = [(len(data), RAW, None)]
     if data:
-        size, freq, precision, table = rans_plan(np.frombuffer(data, dtype=np.uint8))
+        symbols = np.frombuffer(data, dtype=np.uint8)
+        size, freq, precision, table = rans_plan(symbols)
         options.append((size, RANS, (freq, precision, table)))
+        if rows:
+            context_plan = width_contexts.plan(symbols, rows)
+            options.append((context_plan.size, WIDTH, context_plan))
         best_other = min(options)[0]
         fast = zstandard.ZstdCompressor(level=1).compress(data)
         frames = [fast]
@@ -68,19 +62,31 @@ def choose_method(data: bytes, level: int) -> tuple[int, int, object]:
     return method, size, extra
 
 
-def encode(body: bytes, cuts: list[int], level: int) -> tuple[bytes, list[dict]]:
-    """(coded bytes, one {offset, length, method, coded} per segment) for `body` cut at `cuts` (body offsets)."""
+def encode(body: bytes, cuts: list[int], level: int,
+           matrices: dict[int, int] | None = None) -> tuple[bytes, list[dict]]:
+    """(coded bytes, one {offset, length, method, coded} per segment) for `body` cut at `cuts` (body offsets);
+    `matrices` ({segment offset: rows}) names the segments that may be coded with width contexts."""
     bounds = segment_bounds(len(body), cuts)
     out = bytearray(varint(len(bounds) - 1))
     report, rans_segments, rans_symbols = [], [], []
     for a, b in zip(bounds, bounds[1:]):
         data = body[a:b]
-        method, size, extra = choose_method(data, level)
+        method, size, extra = choose_method(data, level, (matrices or {}).get(a))
         out += varint(method) + varint(b - a)
         if method == RAW:
             out += data
         elif method == ZSTD:
             out += varint(len(extra)) + extra
+        elif method == WIDTH:
+            out += extra.method_data()
+            coding_order = np.frombuffer(data, dtype=np.uint8)[width_contexts.sort_order(extra.contexts)]
+            start = a
+            for k, freq, precision, _ in extra.tables:
+                n = int(extra.counts[k])
+                if np.count_nonzero(freq) > 1:
+                    rans_segments.append(rans.Segment(freq, precision, n, start))
+                    rans_symbols.append(coding_order[start - a:start - a + n])
+                start += n
         else:
             freq, precision, table = extra
             out += table
@@ -94,8 +100,9 @@ def encode(body: bytes, cuts: list[int], level: int) -> tuple[bytes, list[dict]]
     return bytes(out), report
 
 
-def _inflate(frame, length: int) -> bytes:
-    """A zstd frame's content, refusing one that holds anything but exactly `length` bytes."""
+def inflate(frame, length: int, what: str = "a zstd segment") -> bytes:
+    """A zstd frame's content, refusing one that holds anything but exactly `length` bytes (`what` names the
+    frame in the error)."""
     with zstandard.ZstdDecompressor().stream_reader(frame) as reader:
         data = reader.read(length + 1)
         while len(data) <= length:
@@ -104,7 +111,7 @@ def _inflate(frame, length: int) -> bytes:
                 break
             data += more
     if len(data) != length:
-        raise CodecError(f"a zstd segment holds {len(data)}{'+' if len(data) > length else ''} bytes, "
+        raise CodecError(f"{what} holds {len(data)}{'+' if len(data) > length else ''} bytes, "
                          f"its header says {length}")
     return data
 
@@ -124,7 +131,7 @@ def read_prefix(coded, size: int) -> bytes:
             pos += length
         elif method == ZSTD:
             coded_len, pos = read_varint(coded, pos)
-            out += _inflate(coded[pos:pos + coded_len], length)
+            out += inflate(coded[pos:pos + coded_len], length)
             pos += coded_len
         else:
             raise CodecError(f"the body's first {size} bytes are not in raw or zstd segments")
@@ -138,26 +145,28 @@ def segment_bounds(body_size: int, cuts: list[int]) -> list[int]:
     return sorted({0, body_size, *(c for c in cuts if 0 < c < body_size)})
 
 
-def decode(coded, body_size: int, cuts: list[int] | None = None) -> bytearray:
+def decode(coded, body_size: int, cuts: list[int] | None = None,
+           matrices: dict[int, int] | None = None) -> bytearray:
     """The body that `coded` holds; CodecError unless it decodes to exactly `body_size` bytes and, when `cuts`
-    are given, its segments are exactly those encode makes for them."""
+    are given, its segments are exactly those encode makes for them. Width-context segments are accepted only
+    at the offsets `matrices` ({offset: rows}) names (format 4); without it, none are."""
     bounds = segment_bounds(body_size, cuts) if cuts is not None else None
     try:
-        return _decode(memoryview(coded), body_size, bounds)
-    except rans.RansError as e:
+        return _decode(memoryview(coded), body_size, bounds, matrices or {})
+    except (rans.RansError, width_contexts.WidthContextError) as e:
         raise CodecError(str(e)) from e
     except zstandard.ZstdError as e:
         raise CodecError(f"corrupt zstd segment ({e})") from e
 
 
-def _decode(coded: memoryview, body_size: int, bounds: list[int] | None) -> bytearray:
+def _decode(coded: memoryview, body_size: int, bounds: list[int] | None, matrices: dict[int, int]) -> bytearray:
     count, pos = read_varint(coded, 0)
     if count > body_size + 1 or (bounds is not None and count != len(bounds) - 1):
         raise CodecError(f"{count} segments for a {body_size}-byte body"
                          + (f" whose manifest makes {len(bounds) - 1}" if bounds is not None else ""))
     body = bytearray(body_size)
     view = np.frombuffer(body, dtype=np.uint8) if body_size else np.zeros(0, dtype=np.uint8)
-    offset, rans_segments = 0, []
+    offset, rans_segments, to_unsort = 0, [], []
     for i in range(count):
         method, pos = read_varint(coded, pos)
         length, pos = read_varint(coded, pos)
@@ -175,7 +184,7 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None) -> byte
             coded_len, pos = read_varint(coded, pos)
             if pos + coded_len > len(coded):
                 raise CodecError("a zstd segment runs past the end of the file")
-            body[offset:offset + length] = _inflate(coded[pos:pos + coded_len], length)
+            body[offset:offset + length] = inflate(coded[pos:pos + coded_len], length)
             pos += coded_len
         elif method == RANS:
             freq, precision, pos = rans.decode_table(coded, pos)
@@ -183,6 +192,20 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None) -> byte
                 rans_segments.append(rans.Segment(freq, precision, length, offset))
             else:
                 view[offset:offset + length] = int(np.flatnonzero(freq)[0])
+        elif method == WIDTH:
+            if offset not in matrices:
+                raise CodecError(f"a width-context segment at body offset {offset}, where no matrix starts")
+            contexts, tables, counts, pos = width_contexts.read_method_data(coded, pos, matrices[offset], length,
+                                                                            inflate)
+            start = offset
+            for k, freq, precision in tables:
+                n = int(counts[k])
+                if np.count_nonzero(freq) > 1:
+                    rans_segments.append(rans.Segment(freq, precision, n, start))
+                else:
+                    view[start:start + n] = int(np.flatnonzero(freq)[0])
+                start += n
+            to_unsort.append((offset, length, contexts))
         else:
             raise CodecError(f"unknown segment method {method}")
         offset += length
@@ -194,4 +217,6 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None) -> byte
         pos = end
     if pos != len(coded):
         raise CodecError(f"{len(coded) - pos} bytes follow the coded body")
+    for offset, length, contexts in to_unsort:
+        width_contexts.unsort(view[offset:offset + length], contexts)
     return body

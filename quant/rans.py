@@ -60,6 +60,24 @@ def coded_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
     return float((counts[used] * (precision - np.log2(freq[used]))).sum())
 
 
+def plan_table(counts: np.ndarray) -> tuple[int, np.ndarray, int, bytes]:
+    """(coded bytes incl. table, frequencies, precision, table bytes) of the cheapest precision for symbols with
+    these counts (int, len 256): each precision's table size plus the bits its rounded frequencies cost."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    runs = runs_size(counts)
+    best = None
+    low = max(MIN_PRECISION, int(np.count_nonzero(counts) - 1).bit_length())
+    high = max(low, min(MAX_PRECISION, n.bit_length() + 1))  # finer than the counts gains nothing
+    for precision in range(low, high + 1):
+        freq = quantize_counts(counts, precision)
+        size = int(np.ceil(coded_bits(counts, freq, precision) / 8)) + table_size(freq, runs)
+        if best is None or size < best[0]:
+            best = (size, freq, precision)
+    size, freq, precision = best
+    return size, freq, precision, encode_table(freq, precision)
+
+
 def varint(value: int) -> bytes:
     """`value` (>= 0) as a LEB128 varint."""
     out = bytearray()

@@ -10,7 +10,7 @@ import zstandard
 from quant import codec
 from quant.artifact import (FORMAT_VERSION, HEADER, MAGIC, MANIFEST_LEN, ArtifactError, artifact_body,
                             compress_body, decode_artifact, encode_artifact, encode_body, load_artifact,
-                            load_artifact_int6, save_artifact, seal, segment_cuts)
+                            body_matrices, load_artifact_int6, save_artifact, seal, segment_cuts)
 from kernels.int6_layout import pack_int6, unpack_int6
 from quant.schemes import quantize_state_dict
 
@@ -93,10 +93,10 @@ def test_level_22_on_a_small_payload(tmp_path):
 
 def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     magic, version, size, frame_digest, body_digest = HEADER.unpack_from(artifact_bytes)
-    assert magic == MAGIC and version == FORMAT_VERSION == 3
+    assert magic == MAGIC and version == FORMAT_VERSION == 4
     coded = artifact_bytes[HEADER.size:]
     body = artifact_body(artifact_bytes)
-    assert bytes(codec.decode(coded, size)) == body
+    assert bytes(codec.decode(coded, size, matrices=body_matrices(body))) == body
     assert hashlib.sha256(artifact_bytes[:16] + body_digest + coded).digest() == frame_digest  # header fields too
     flipped = bytearray(artifact_bytes)
     flipped[HEADER.size - 1] ^= 1  # the body digest: caught by the first digest, before any decoding
@@ -106,7 +106,7 @@ def test_body_layout_is_json_manifest_plus_raw_payload(artifact_bytes):
     (mlen,) = MANIFEST_LEN.unpack_from(body)
     assert codec.read_prefix(coded, MANIFEST_LEN.size + mlen) == body[:MANIFEST_LEN.size + mlen]
     manifest = json.loads(body[MANIFEST_LEN.size:MANIFEST_LEN.size + mlen])
-    assert manifest["format_version"] == 3 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
+    assert manifest["format_version"] == 4 and manifest["config"] == CONFIG and manifest["int6_storage"] == "int8"
     names = [e["name"] for e in manifest["tensors"]]
     assert names == sorted(small_state_dict())
     payload_len = len(body) - MANIFEST_LEN.size - mlen
@@ -134,8 +134,8 @@ def test_format_2_files_are_still_read():
     assert config == CONFIG and [x.name for x in a] == [y.name for y in b]
     for x, y in zip(a, b):
         assert torch.equal(x.data, y.data) and (x.scale is None or torch.equal(x.scale, y.scale))
-    mismatched = compress_body(encode_body(qts, CONFIG, format_version=2), level=3)  # a v3 header, a v2 manifest
-    with pytest.raises(ArtifactError, match="format_version is not the header's 3"):
+    mismatched = compress_body(encode_body(qts, CONFIG, format_version=2), level=3)  # a v4 header, a v2 manifest
+    with pytest.raises(ArtifactError, match="format_version is not the header's 4"):
         decode_artifact(mismatched)
 
 

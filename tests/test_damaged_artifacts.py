@@ -13,9 +13,12 @@ measured after one warm-up load (the first load imports modules, which tracemall
 """
 import json
 import tracemalloc
+from unittest import mock
 
+import numpy as np
 import pytest
 import torch
+import zstandard
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -23,7 +26,7 @@ import eval.__main__ as eval_cli
 from eval.loading import load_model
 from model.config import get_config
 from model.gpt import GPT
-from quant import codec
+from quant import codec, width_contexts
 from quant.artifact import FORMAT_VERSION, HEADER, MANIFEST_LEN, compress_body, encode_body, seal
 from quant.schemes import QuantizedTensor, quantize_state_dict
 
@@ -72,15 +75,26 @@ def measured(fn) -> tuple[object, int]:
 
 @pytest.fixture(scope="module")
 def honest():
-    """(quantized tensors, config dict, artifact bytes) of a small model with non-zero block matrices."""
+    """(quantized tensors, config dict, artifact bytes) of a small model with non-zero block matrices whose rows
+    differ in width (as trained ones do), so that format 4 codes some of them with width contexts."""
     torch.manual_seed(0)
     model = GPT(get_config("tiny", **SMALL))
     with torch.no_grad():
         for _, linear in model.block_linears():
-            linear.weight.normal_(0, 0.05)
+            linear.weight.normal_(0, 0.05).mul_(torch.exp(0.8 * torch.randn(linear.weight.shape[0], 1)))
     qtensors = quantize_state_dict(model.state_dict())
     config = model.cfg.to_dict()
-    return qtensors, config, compress_body(encode_body(qtensors, config), level=3)
+    raw = compress_body(encode_body(qtensors, config), level=3)
+    body, cuts, matrices = coding_inputs(raw)
+    assert any(s["method"] == "width-contexts" for s in codec.encode(body, cuts, 3, matrices)[1])
+    return qtensors, config, raw
+
+
+def coding_inputs(raw: bytes):
+    """(body, cuts, matrices) that quant.codec codes an artifact's body with."""
+    from quant.artifact import body_matrices, segment_cuts
+    body = honest_body(raw)
+    return body, segment_cuts(body), body_matrices(body)
 
 
 def honest_body(raw: bytes) -> bytes:
@@ -132,6 +146,9 @@ def resealed_variants(qtensors, config, raw) -> dict[str, bytes]:
     honest = honest_body(raw)  # coded in 64-byte segments: more segment tables than the manifest's tensors need
     fine = codec.encode(honest, list(range(64, len(honest), 64)), level=3)[0]
     variants["segments finer than the manifest's cuts"] = seal(honest, fine)
+    for name, codes_edit in {"a width code of 16": lambda c: np.concatenate([[16], c[1:]]),
+                             "one width code missing": lambda c: c[1:]}.items():
+        variants[name] = seal(honest, coded_with_width_codes(honest, codes_edit))
 
     def shift_first_span(m):
         m["tensors"][0]["data"][0] += 1
@@ -152,6 +169,21 @@ def resealed_variants(qtensors, config, raw) -> dict[str, bytes]:
                        "provenance not a dict": set_field("provenance", "x")}.items():
         variants[name] = edit_manifest(raw, edit)
     return variants
+
+
+def coded_with_width_codes(body: bytes, codes_edit) -> bytes:
+    """The body coded as format 4 does, but every width-context segment's stored codes edited by `codes_edit`."""
+    from quant.artifact import body_matrices, segment_cuts
+
+    honest_plan = width_contexts.plan
+
+    def edited_plan(symbols, rows):
+        plan = honest_plan(symbols, rows)
+        plan.frame = zstandard.ZstdCompressor().compress(codes_edit(plan.codes).astype(np.uint8).tobytes())
+        return plan
+
+    with mock.patch.object(width_contexts, "plan", edited_plan):
+        return codec.encode(body, segment_cuts(body), 3, body_matrices(body))[0]
 
 
 def damaged_variants(qtensors, config, raw) -> dict[str, bytes]:
