@@ -2,11 +2,11 @@
 
 File layout (all integers little-endian):
     magic   b"TGOLF\\x00"                   6 bytes
-    version u16 (3, FORMAT_VERSION; 2 is still read)  2 bytes
+    version u16 (4, FORMAT_VERSION; 2 and 3 are still read)  2 bytes
     size    u64: body bytes                  8 bytes
     sha256  of the fields above, the next   32 bytes (rejects flips a decoder would decode "correctly" anyway,
             and the coded bytes                       and flipped header fields before any decoding;
-                                                      format 2: of the coded bytes alone)
+                                                      formats 3, 4; format 2: of the coded bytes alone)
     sha256  of the body                     32 bytes
     the coded body.
 The body is u32 manifest length | manifest (UTF-8 JSON, sorted keys) | payload (tensor bytes). The manifest holds
@@ -16,24 +16,29 @@ payload. Payload order groups tensors by scheme (int6 values, int8 values, fp16,
 last; every floating-point array (passthrough tensors, scales) is stored as byte planes (byte 0 of every
 element, then byte 1, ...). There are no timestamps: equal weights give equal bytes.
 
-Format 3 codes the body in segments (quant.codec): the manifest, each tensor's values, each byte plane of its
-floats and scales, each with the smallest of raw, zstd and order-0 interleaved rANS with the segment's own
-frequency table (quant.rans). Format 2 coded the same body as zstd-22 frames: one for the manifest, then the
+Format 4 (the default) codes the body in segments (quant.codec): the manifest, each tensor's values, each byte
+plane of its floats and scales, each with the smallest of raw, zstd, order-0 interleaved rANS with the
+segment's own frequency table (quant.rans) and, for the 2-D int6/int8 matrices, rANS with one table per width
+context (quant.width_contexts: a rank-1 model of each symbol's log-width from its row and column). Format 3 is
+the same without width contexts; format 2 coded the body as zstd-22 frames: one for the manifest, then the
 payload in independent frames of PAYLOAD_FRAME_BYTES (128 KiB; zstd-22 on near-random bytes is chaotic, and
-independent one-block frames were 3.1% smaller than one frame on a trained seed proxy). Measured with
-`python -m quant` (bytes; the bound is quant.bounds' order-0 bound of the stored symbols with side
-information; seed-style is torch.save of the same quantized tensors + zstd-22):
+independent one-block frames were 3.1% smaller than one frame on a trained seed proxy). All three are read.
+Measured with `python -m quant` (bytes, 2026-12-03; the bound is quant.bounds' order-0 bound of the stored
+symbols with side information; seed-style is torch.save of the same quantized tensors + zstd-22):
                                   tiny demo, 300 steps   seed preset, 16 CPU steps   seed-size heavy-tailed
-    format 2                             679,533                6,233,974                 17,024,248
-    format 3                             673,682                5,928,674                 16,836,008
-    order-0 bound                        683,161                5,927,587                 16,825,402
+    format 2                             679,533                6,233,993                 17,024,248
+    format 3                             673,682                5,928,693                 16,836,008
+    format 4                             668,194                5,846,839                 16,663,635
+    order-0 bound                        683,159                5,927,605                 16,825,405
     seed-style torch.save + zstd-22      716,939                6,664,370                 17,055,255
-    format 3 / seed-style                 0.9397                   0.8896                     0.9871
-  (the seed preset trained with batch 2048, seq 512, 16 steps, live weights: every int6 row at the scale
+    format 4 / seed-style                 0.9320                   0.8773                     0.9770
+  (the seed preset trained with batch 2048, seq 512, 16 steps, checkpoint weights: every int6 row at the scale
   floor, 1.42 bits per int6 value, where zstd's Huffman stage is far from the entropy; the heavy-tailed state
   dict is bench.heavy_tailed's draw from the trained tiny model's rows, 4.84 bits per int6 value, where zstd-22
-  alone per tensor is already within 1.4% of the bound, so no order-0 coder reaches 0.96 x seed-style there.)
-  Decoding the seed-size heavy-tailed file takes 0.38 s on one thread (decode_s of `python -m quant`).
+  alone per tensor is already within 1.4% of the order-0 bound. Its rows are independent draws, so the width
+  of a row is all a coder can learn, and `python -m bench.heavy_tailed oracle` bounds every lossless coder
+  from below with the generator's own per-row law.)
+  Decoding the seed-size heavy-tailed file takes 0.72 s (decode_s of `python -m quant`, 2 cores).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
 kernels.int6_layout ("packed"). The coders see symbols in the int8 containers; packing smears each value across byte
@@ -156,8 +161,9 @@ def encode_body(qtensors: list[QuantizedTensor], config: dict, int6_storage: str
 
 
 def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int = FORMAT_VERSION) -> bytes:
-    """The complete artifact bytes for a body: the header, then the coded body. Format 3 (the default) codes
-    each segment of segment_cuts(body) with its smallest method (quant.codec: rANS, zstd at `level`, raw);
+    """The complete artifact bytes for a body: the header, then the coded body. Formats 4 (the default) and 3 code
+    each segment of segment_cuts(body) with its smallest method (quant.codec: width contexts in format 4 only,
+    rANS, zstd at `level`, raw);
     format 2 writes one zstd frame holding the manifest length and manifest, then the payload in independent
     frames of PAYLOAD_FRAME_BYTES. The body's manifest should name the same format_version."""
     if format_version in (3, 4):
@@ -174,7 +180,7 @@ def compress_body(body: bytes, level: int = DEFAULT_LEVEL, format_version: int =
 
 
 def seal(body: bytes, coded: bytes, format_version: int = FORMAT_VERSION) -> bytes:
-    """Header + coded bytes. Format 3's first digest covers the header's other fields too, so a flipped size or
+    """Header + coded bytes. Formats 3 and 4's first digest covers the header's other fields too, so a flipped size or
     body digest is caught before the body is decoded; format 2's covers the coded bytes alone."""
     body_digest = hashlib.sha256(body).digest()
     return HEADER.pack(MAGIC, format_version, len(body), _coded_digest(format_version, len(body), body_digest, coded),
@@ -230,7 +236,7 @@ def manifest_matrices(manifest, start: int) -> dict[int, int]:
 
 
 def segment_cuts(body: bytes) -> list[int]:
-    """Where format 3 cuts a body into segments: the manifest's end, and within the payload every tensor's data
+    """Where formats 3 and 4 cut a body into segments: the manifest's end, and within the payload every tensor's data
     and scale span, split further between the byte planes of floating-point arrays (each plane is a
     distribution of its own). A body whose manifest does not parse is cut at the manifest's end alone."""
     if len(body) < MANIFEST_LEN.size:

@@ -1,4 +1,4 @@
-"""How small the artifact could be: order-0 entropy bounds of its stored symbols, beside zstd-22 and format 3.
+"""How small the artifact could be: order-0 entropy bounds of its stored symbols, beside zstd-22 and the artifact.
 
 For every tensor the stored symbols are split into streams: int6 values (alphabet 64), int8 values (255), each
 byte plane of a floating-point array (256: fp16/fp32 passthrough tensors, the fp16 scales) and the bytes of raw
@@ -11,7 +11,9 @@ int6/int8 matrix as a stream of its own (with its own side information). The art
 and the manifest as coded (the names and shapes a decoder needs).
 
 Beside the bounds: each tensor's stored bytes (format 2's payload bytes, values then scales) compressed alone
-with zstd-22, and what format 3 spends on it (quant.codec's segments). `seed_style_bytes` is the seed's own
+with zstd-22, and what the artifact (format 4 by default) spends on it (quant.codec's segments). The bound is
+order-0 per tensor: format 3's order-0 segments cannot go under it, but format 4's width contexts
+(quant.width_contexts) model rows and columns of different widths and can. `seed_style_bytes` is the seed's own
 serialization (torch.save of its dict layout + zstd-22), the figure the artifact is compared against.
 """
 from __future__ import annotations
@@ -85,11 +87,11 @@ class BoundRow:
     bound: float        # bytes: order-0 per stream, with side information
     row_bound: float    # bytes: the same with every int6/int8 row a stream of its own
     zstd22: int         # bytes: the tensor's stored bytes alone through zstd-22
-    coded: int          # bytes: what format 3's segments spend on it
+    coded: int          # bytes: what the artifact's segments spend on it
 
 
 def coded_by_tensor(body: bytes, report: list[dict]) -> dict[str, int]:
-    """Format 3's coded bytes per tensor (and "(manifest)") from quant.codec.encode's segment report."""
+    """The artifact's coded bytes per tensor (and "(manifest)") from quant.codec.encode's segment report."""
     (mlen,) = MANIFEST_LEN.unpack_from(body)
     start = MANIFEST_LEN.size + mlen
     manifest = json.loads(body[MANIFEST_LEN.size:start])
@@ -119,9 +121,9 @@ def artifact_bound(rows: list[BoundRow], coded: dict[str, int]) -> float:
 
 def format_bounds_table(rows: list[BoundRow], coded: dict[str, int], artifact_bytes: int,
                         seed_style: int | None = None) -> str:
-    """Per tensor and per scheme: bound, per-row bound, zstd-22 alone, format 3; then the totals."""
+    """Per tensor and per scheme: bound, per-row bound, zstd-22 alone, the artifact's bytes; then the totals."""
     lines = [f"{'tensor':<34} {'scheme':<16} {'bound B':>11} {'row bound B':>12} {'zstd-22 B':>11} "
-             f"{'format 3 B':>11} {'/bound':>7}"]
+             f"{'artifact B':>11} {'/bound':>7}"]
 
     def line(label, rs):
         b, c = sum(r.bound for r in rs), sum(r.coded for r in rs)
@@ -136,8 +138,8 @@ def format_bounds_table(rows: list[BoundRow], coded: dict[str, int], artifact_by
     lines.append(line("  all tensors", rows))
     bound = artifact_bound(rows, coded)
     lines.append(f"artifact bound (header {HEADER.size} + manifest {coded.get('(manifest)', 0):,} + tensors) "
-                 f"{bound:,.0f} B; format 3 file {artifact_bytes:,} B = {artifact_bytes / bound:.4f} x bound"
-                 + (f"; seed-style torch.save + zstd-22 {seed_style:,} B, format 3 = "
+                 f"{bound:,.0f} B; artifact file {artifact_bytes:,} B = {artifact_bytes / bound:.4f} x bound"
+                 + (f"; seed-style torch.save + zstd-22 {seed_style:,} B, artifact = "
                     f"{artifact_bytes / seed_style:.4f} x seed-style" if seed_style else ""))
     return "\n".join(lines)
 

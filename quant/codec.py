@@ -1,4 +1,4 @@
-"""The coding layer of artifact format 3: body bytes <-> coded bytes, one method per segment.
+"""The coding layer of artifact formats 3 and 4: body bytes <-> coded bytes, one method per segment.
 
 The body (u32 manifest length | manifest | payload, as in format 2) is cut into segments at the places the
 caller names (quant.artifact cuts at the manifest's end, at every tensor's data and scale span, and between
@@ -6,16 +6,19 @@ the byte planes of floating-point arrays, so each segment holds symbols of one d
 coded with whichever of these is smallest, measured:
     raw    the bytes as they are (near-uniform bytes: float mantissas, the low bytes of scales);
     zstd   one zstd frame (the manifest; repetitive data);
-    rANS   order-0 interleaved rANS with the segment's own frequency table (quant.rans): the quantized weights.
+    rANS   order-0 interleaved rANS with the segment's own frequency table (quant.rans): the quantized weights;
+    width  (format 4, the int6/int8 matrices the caller names) rANS with one table per width context
+           (quant.width_contexts): matrices whose rows or columns differ in width.
 zstd is measured at level 1, and at the requested level only where level 1 already beats raw and rANS: on
 the int6 matrices of the seed-size heavy-tailed state dict (bench.heavy_tailed) level 22 came out 0.2-4% larger
 than level 1, and over 27 MB it would take most of the encoding time.
 
 Coded layout (varints are LEB128):
     varint segment count | per segment: varint method | varint decoded length | method data | rANS stream
-where a raw segment's data is its bytes, a zstd segment's is varint coded length | frame, and a rANS segment's
-is its frequency table; the symbols of all rANS segments share the one interleaved stream at the end (a
-segment of one repeated symbol is its table alone).
+where a raw segment's data is its bytes, a zstd segment's is varint coded length | frame, a rANS segment's
+is its frequency table, and a width segment's is its codes and one table per context (quant.width_contexts);
+the symbols of all rANS and width segments share the one interleaved stream at the end (a segment or context
+of one repeated symbol is its table alone).
 Decoding allocates the body once and never writes past the length the caller expects; given the cuts (the
 artifact's manifest), it accepts only the segments encode makes for them, so no file holds more segment tables
 than its tensors need. Any inconsistency is a CodecError naming the problem.

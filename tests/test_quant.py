@@ -213,13 +213,14 @@ def test_cli_writes_artifact_table_and_json(tmp_path, capsys):
     assert result["total_bytes"] == result["artifact_bytes"] + 12 and result["ok"] is True
     assert set(result["artifact_bytes_by_int6_storage"]) == {"int8", "packed"}
     assert "blocks.0.attn.q.weight" in text and "int6_per_row" in text and "scale floor fires" in text
-    # the bounds table follows the size table: tensor, scheme, bound, row bound, zstd-22, format 3, format 3/bound
+    # the bounds table follows the size table: tensor, scheme, bound, row bound, zstd-22, artifact, artifact/bound
     bounds = [line for line in text.splitlines() if line.startswith("blocks.0.attn.q.weight ")][-1]
     bound, row_bound, zstd22, coded = (float(v.replace(",", "")) for v in bounds.split()[2:6])
     assert 0 < bound < row_bound and coded <= 1.01 * bound and zstd22 > 0  # a 64x64 matrix: row tables cost more
     assert result["bound_bytes"] > 0 and result["artifact_over_bound"] == round(result["artifact_bytes"] /
                                                                                 result["bound_bytes"], 4)
     assert result["seed_style_bytes"] > result["artifact_bytes"] and result["format2_bytes"] > 0
+    assert result["format3_bytes"] >= result["artifact_bytes"] - 8  # width contexts only where they are smaller
     rc = main([str(model_file), "--out", str(out), "--level", "1", "--code-files", str(code), "--cap", "1000",
                "--overwrite"])
     assert rc == 1
