@@ -20,7 +20,8 @@ from pathlib import Path
 from quant.artifact import (DEFAULT_INT6_STORAGE, DEFAULT_LEVEL, INT6_STORAGES, code_body, compress_body,
                             decode_artifact, encode_body, stored_bytes, write_atomic)
 from quant.schemes import CLIP_MODES, DEFAULT_CLIP, DEFAULT_SCALE_FLOOR, quantize_state_dict
-from quant.size import CAP_BYTES, code_bytes, default_code_files, format_size_table, size_rows, size_summary
+from quant.bundle_cli import bundle_code
+from quant.size import CAP_BYTES, code_bytes, format_size_table, size_rows, size_summary
 from common.cli_errors import (ArgumentParser, check_input_file, check_output_file, fail_on_nonfinite, int_in,
                               positive_float, positive_int, run_cli)
 
@@ -42,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="zstd level of the segments zstd codes (22 for a real artifact)")
     ap.add_argument("--no-bounds", action="store_true",
                     help="skip the entropy-bound table (order-0 bounds, zstd-22 per tensor, seed-style bytes)")
-    ap.add_argument("--code-files", nargs="+", help="override the code files counted toward the cap")
+    ap.add_argument("--code-files", nargs="+", help="count these files as the code bytes (default: the train_gpt.py "
+                    "`python -m quant bundle` writes for the model's preset)")
     ap.add_argument("--cap", type=positive_int, default=CAP_BYTES, help="size cap in bytes (decimal)")
     ap.add_argument("--eval-data", help="data dir with val shards: also report the float vs artifact quant gap")
     ap.add_argument("--tokenizer", help="SentencePiece model for --eval-data (default: DIR/tokenizer.model)")
@@ -137,10 +139,13 @@ def run(args: argparse.Namespace) -> int:
     decode_artifact(data, where=str(args.out))
     t_decode = time.perf_counter() - t0
 
-    files = args.code_files or default_code_files()
-    summary = size_summary(len(data), code_bytes(files), args.cap)
+    if args.code_files:
+        code, code_what = code_bytes(args.code_files), f"{len(args.code_files)} files: " + " ".join(args.code_files)
+    else:
+        code, code_what = bundle_code(config)
+    summary = size_summary(len(data), code, args.cap)
     stored = {qt.name: stored_bytes(qt, args.int6_storage) for qt in qtensors}
-    print(format_size_table(size_rows(qtensors, stored, len(data)), summary, files))
+    print(format_size_table(size_rows(qtensors, stored, len(data)), summary, code_what))
     print(int6_report(qtensors))
     result = dict(summary, artifact=str(args.out), clip=args.clip, int6_storage=args.int6_storage,
                   zstd_level=args.level, quantize_s=round(t_quant, 2), compress_s=round(t_compress, 2),

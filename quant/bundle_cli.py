@@ -45,6 +45,23 @@ def preset_defaults(preset: str, max_wallclock_seconds: float, ttt_budget_second
             "eval": dataclasses.asdict(EvalSettings(ttt_budget_s=ttt_budget_seconds))}
 
 
+def bundle_code(model_config: dict) -> tuple[int, str]:
+    """(bytes, description) of the train_gpt.py `python -m quant bundle` writes for the preset whose model config
+    equals `model_config` (the seed preset when none does)."""
+    from model.config import get_config
+    from train.config import TRAIN_PRESETS, get_train_config
+
+    def canonical(config: dict) -> str:
+        return json.dumps(config, sort_keys=True, default=list)
+
+    preset = next((p for p in TRAIN_PRESETS
+                   if canonical(get_config(get_train_config(p).model_preset).to_dict()) == canonical(model_config)),
+                  "seed")
+    bundle = build_bundle(preset_defaults(preset, CHALLENGE_LIMIT_S, CHALLENGE_LIMIT_S))
+    return bundle.code_bytes, (f"train_gpt.py as `python -m quant bundle --preset {preset}` writes it "
+                               f"({len(bundle.modules)} modules)")
+
+
 def write_script(args: argparse.Namespace) -> dict:
     out = check_output_file(args.out, overwrite=args.overwrite)
     bundle = build_bundle(preset_defaults(args.preset, args.max_wallclock_seconds, args.ttt_budget_seconds),

@@ -227,6 +227,26 @@ def test_cli_writes_artifact_table_and_json(tmp_path, capsys):
     assert "over the 1,000-byte cap" in capsys.readouterr().err
 
 
+def test_cli_counts_the_bundled_train_gpt_by_default(tmp_path, capsys):
+    """Without --code-files the code bytes are those of the standalone train_gpt.py a submission ships (for the
+    preset whose model config the file has), not the package's files."""
+    from model.config import get_config
+    from quant.__main__ import main
+    from quant.bundle import build_bundle
+    from quant.bundle_cli import preset_defaults
+    from quant.size import default_code_files
+
+    model_file = tmp_path / "final_model.pt"
+    torch.save({"config": get_config("tiny").to_dict(), "model": tiny_state_dict()}, model_file)
+    assert main([str(model_file), "--out", str(tmp_path / "m.tgolf"), "--level", "1", "--no-bounds"]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(text.strip().splitlines()[-1])
+    bundled = build_bundle(preset_defaults("tiny", 600.0, 600.0)).code_bytes
+    assert abs(result["code_bytes"] - bundled) <= 64  # the same file, up to its `git describe` header line
+    assert result["code_bytes"] < code_bytes(default_code_files()) / 3
+    assert "code counted: train_gpt.py as `python -m quant bundle --preset tiny` writes it" in text
+
+
 def test_cli_rejects_a_file_without_config_and_model(tmp_path, capsys):
     from quant.__main__ import main
     bad = tmp_path / "bad.pt"
