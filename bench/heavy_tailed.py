@@ -12,6 +12,8 @@ TINY_FIT is the fit of the `tiny` preset after the demo's 300 steps on the embed
 
     python -m bench.heavy_tailed fit MODEL_FILE              # print a fit as Python
     python -m bench.heavy_tailed make --preset seed --out F  # write a model file drawn from TINY_FIT
+    python -m bench.heavy_tailed oracle --preset seed        # lower bound on any lossless artifact of a draw
+                                                             # (bench.heavy_tailed_oracle)
 """
 from __future__ import annotations
 
@@ -146,6 +148,10 @@ def main(argv=None) -> None:
     make.add_argument("--preset", default="seed")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True)
+    oracle = sub.add_parser("oracle", help="the oracle cross-entropy of a draw's int6/int8 symbols and the lower "
+                                           "bound it puts on any lossless artifact (bench.heavy_tailed_oracle)")
+    oracle.add_argument("--preset", default="seed")
+    oracle.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.command == "fit":
         from quant.model_file import load_model_file
@@ -155,6 +161,12 @@ def main(argv=None) -> None:
         for r, f in fits.items():
             print(f"    {r!r}: ({f[0]}, {f[1]:.4g}, {f[2]:.4g}, {f[3]:.4g}, {f[4]:.4g}),")
         print("}")
+    elif args.command == "oracle":
+        from bench.heavy_tailed_oracle import oracle_report
+        from model.config import get_config
+
+        cfg = get_config(args.preset)
+        print(oracle_report(cfg, *heavy_tailed_state_with_laws(cfg, seed=args.seed), group_of=role))
     else:
         from model.config import get_config
         from common.checkpoint import save_model_file
