@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.config import PRESETS, get_config
+
 NU_GRID = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 FIT_SAMPLE = 20_000
 
@@ -145,12 +147,12 @@ def main(argv=None) -> None:
     fit = sub.add_parser("fit", help="print the per-role fit of a trained model file")
     fit.add_argument("model_file")
     make = sub.add_parser("make", help="write a model file drawn from TINY_FIT")
-    make.add_argument("--preset", default="seed")
+    make.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True)
     oracle = sub.add_parser("oracle", help="the oracle cross-entropy of a draw's int6/int8 symbols and the lower "
                                            "bound it puts on any lossless artifact (bench.heavy_tailed_oracle)")
-    oracle.add_argument("--preset", default="seed")
+    oracle.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     oracle.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.command == "fit":
@@ -163,12 +165,10 @@ def main(argv=None) -> None:
         print("}")
     elif args.command == "oracle":
         from bench.heavy_tailed_oracle import oracle_report
-        from model.config import get_config
 
         cfg = get_config(args.preset)
         print(oracle_report(cfg, *heavy_tailed_state_with_laws(cfg, seed=args.seed), group_of=role))
     else:
-        from model.config import get_config
         from common.checkpoint import save_model_file
 
         cfg = get_config(args.preset)

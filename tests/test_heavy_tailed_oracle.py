@@ -137,3 +137,11 @@ def test_report_bounds_the_artifact_between_oracle_and_format3(tiny_draw):
     assert oracle < order0 < artifact
     assert abs(bound - (artifact - (order0 - oracle))) <= 2  # rounding of the printed figures
     assert "blocks.mlp.up.weight" in text and "assumes" in text
+
+
+def test_cli_refuses_an_unknown_preset_in_one_line(capsys):
+    from bench.heavy_tailed import main
+
+    with pytest.raises(SystemExit):
+        main(["oracle", "--preset", "nope"])
+    assert "error: argument --preset: invalid choice: 'nope'" in capsys.readouterr().err
