@@ -26,7 +26,8 @@ Student-t tail masses come from the regularized incomplete beta function (its co
 P(T > t) = I_{nu / (nu + t^2)}(nu / 2, 1 / 2) / 2 for t >= 0, accurate to ~1e-14 relative far into the tails
 (checked against scipy.stats.t during development; scipy is not a dependency).
 
-Measured 2026-12-03 with `python -m bench.heavy_tailed oracle --preset seed --seed 0` (48 s on 2 CPU cores):
+Measured 2026-12-03 with `python -m bench.heavy_tailed oracle --preset seed --seed 0` (48 s and 59 s in two runs
+on 2 shared CPU cores):
     role                      scheme           symbols     order-0 B    oracle B   ratio
     bigram.embed.weight       int8_per_tensor    262,144      216,801     215,041  0.9919
     blocks.attn.k.weight      int6_per_row     1,441,792      916,842     909,235  0.9917
