@@ -12,14 +12,19 @@ TINY_FIT is the fit of the `tiny` preset after the demo's 300 steps on the embed
 
     python -m bench.heavy_tailed fit MODEL_FILE              # print a fit as Python
     python -m bench.heavy_tailed make --preset seed --out F  # write a model file drawn from TINY_FIT
+    python -m bench.heavy_tailed oracle --preset seed        # lower bound on any lossless artifact of a draw
+                                                             # (bench.heavy_tailed_oracle)
 """
 from __future__ import annotations
 
 import argparse
 import math
 import re
+from dataclasses import dataclass
 
 import torch
+
+from model.config import PRESETS, get_config
 
 NU_GRID = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 FIT_SAMPLE = 20_000
@@ -86,30 +91,54 @@ def fit_roles(state: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, f
     return fits
 
 
-def draw(shape: tuple[int, ...], fit) -> torch.Tensor:
-    """A float32 tensor of `shape` drawn row by row from one role's fit (torch's global generator)."""
+@dataclass
+class RowLaw:
+    """The law one tensor was drawn from: row r is means[r] + sds[r] * sqrt((nu - 2) / nu) * Student-t(nu)."""
+
+    nu: float
+    means: torch.Tensor  # (n_rows,) float32, as drawn
+    sds: torch.Tensor    # (n_rows,) float32, as drawn
+
+
+def draw_with_law(shape: tuple[int, ...], fit) -> tuple[torch.Tensor, RowLaw]:
+    """A float32 tensor of `shape` drawn row by row from one role's fit (torch's global generator), and the
+    per-row parameters drawn for it."""
     nu, mean_mu, mean_sd, logsd_mu, logsd_sd = fit
     n_rows = shape[0] if len(shape) >= 2 else 1
     means = mean_mu + mean_sd * torch.randn(n_rows, 1)
     sds = torch.exp(logsd_mu + logsd_sd * torch.randn(n_rows, 1))
     z = torch.distributions.StudentT(nu).sample((n_rows, max(1, math.prod(shape) // n_rows)))
-    return (means + sds * z * math.sqrt((nu - 2) / nu)).reshape(shape)
+    values = (means + sds * z * math.sqrt((nu - 2) / nu)).reshape(shape)
+    return values, RowLaw(float(nu), means[:, 0], sds[:, 0])
 
 
-def heavy_tailed_state(config, fits=None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The state dict of GPT(config) with every float tensor whose role `fits` knows drawn from that fit
-    (seeds torch's global generator with `seed`: the same arguments give the same tensors)."""
+def draw(shape: tuple[int, ...], fit) -> torch.Tensor:
+    """A float32 tensor of `shape` drawn row by row from one role's fit (torch's global generator)."""
+    return draw_with_law(shape, fit)[0]
+
+
+def heavy_tailed_state_with_laws(config, fits=None, seed: int = 0
+                                 ) -> tuple[dict[str, torch.Tensor], dict[str, RowLaw]]:
+    """heavy_tailed_state's state dict (the same tensors), and {name: RowLaw} of every tensor it drew."""
     from model.gpt import GPT
 
     torch.manual_seed(seed)
     fits = TINY_FIT if fits is None else fits
     state = GPT(config).state_dict()
+    laws = {}
     with torch.no_grad():
         for name, t in state.items():
             fit = fits.get(role(name))
             if t.is_floating_point() and t.numel() > 1 and fit is not None:
-                state[name] = draw(tuple(t.shape), fit).to(t.dtype)
-    return state
+                values, laws[name] = draw_with_law(tuple(t.shape), fit)
+                state[name] = values.to(t.dtype)
+    return state, laws
+
+
+def heavy_tailed_state(config, fits=None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The state dict of GPT(config) with every float tensor whose role `fits` knows drawn from that fit
+    (seeds torch's global generator with `seed`: the same arguments give the same tensors)."""
+    return heavy_tailed_state_with_laws(config, fits, seed)[0]
 
 
 def main(argv=None) -> None:
@@ -118,9 +147,13 @@ def main(argv=None) -> None:
     fit = sub.add_parser("fit", help="print the per-role fit of a trained model file")
     fit.add_argument("model_file")
     make = sub.add_parser("make", help="write a model file drawn from TINY_FIT")
-    make.add_argument("--preset", default="seed")
+    make.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True)
+    oracle = sub.add_parser("oracle", help="the oracle cross-entropy of a draw's int6/int8 symbols and the lower "
+                                           "bound it puts on any lossless artifact (bench.heavy_tailed_oracle)")
+    oracle.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    oracle.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.command == "fit":
         from quant.model_file import load_model_file
@@ -130,8 +163,12 @@ def main(argv=None) -> None:
         for r, f in fits.items():
             print(f"    {r!r}: ({f[0]}, {f[1]:.4g}, {f[2]:.4g}, {f[3]:.4g}, {f[4]:.4g}),")
         print("}")
+    elif args.command == "oracle":
+        from bench.heavy_tailed_oracle import oracle_report
+
+        cfg = get_config(args.preset)
+        print(oracle_report(cfg, *heavy_tailed_state_with_laws(cfg, seed=args.seed), group_of=role))
     else:
-        from model.config import get_config
         from common.checkpoint import save_model_file
 
         cfg = get_config(args.preset)
