@@ -127,7 +127,7 @@ def test_oracle_is_below_the_order0_entropy_of_every_tensor(tiny_draw):
         oracle_bits(fp, laws.get(fp.name))
 
 
-def test_report_bounds_the_artifact_between_oracle_and_format3(tiny_draw):
+def test_report_bounds_the_artifact_between_oracle_and_format3_and_format4_lies_between(tiny_draw):
     cfg, state, laws, _ = tiny_draw
     text = oracle_report(cfg, state, laws, group_of=role)
     total = re.search(r"TOTAL\s+int6\+int8\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)", text)
@@ -136,6 +136,9 @@ def test_report_bounds_the_artifact_between_oracle_and_format3(tiny_draw):
     bound = int(re.search(r"= ([\d,]+) B = ([\d.]+) x seed-style", text).group(1).replace(",", ""))
     assert oracle < order0 < artifact
     assert abs(bound - (artifact - (order0 - oracle))) <= 2  # rounding of the printed figures
+    format4 = int(re.search(r"format 4 artifact \(width contexts, the default\) ([\d,]+) B", text).group(1)
+                  .replace(",", ""))
+    assert bound < format4 < artifact  # width contexts win over format 3, and no coder beats the oracle
     assert "blocks.mlp.up.weight" in text and "assumes" in text
 
 
