@@ -198,8 +198,8 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None, matrice
         elif method == WIDTH:
             if offset not in matrices:
                 raise CodecError(f"a width-context segment at body offset {offset}, where no matrix starts")
-            contexts, tables, counts, pos = width_contexts.read_method_data(coded, pos, matrices[offset], length,
-                                                                            inflate)
+            row_codes, col_codes, tables, counts, pos = width_contexts.read_method_data(
+                coded, pos, matrices[offset], length, inflate)
             start = offset
             for k, freq, precision in tables:
                 n = int(counts[k])
@@ -208,7 +208,7 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None, matrice
                 else:
                     view[start:start + n] = int(np.flatnonzero(freq)[0])
                 start += n
-            to_unsort.append((offset, length, contexts))
+            to_unsort.append((offset, length, row_codes, col_codes))
         else:
             raise CodecError(f"unknown segment method {method}")
         offset += length
@@ -220,6 +220,6 @@ def _decode(coded: memoryview, body_size: int, bounds: list[int] | None, matrice
         pos = end
     if pos != len(coded):
         raise CodecError(f"{len(coded) - pos} bytes follow the coded body")
-    for offset, length, contexts in to_unsort:
-        width_contexts.unsort(view[offset:offset + length], contexts)
+    for offset, length, row_codes, col_codes in to_unsort:
+        width_contexts.unsort(view[offset:offset + length], row_codes, col_codes)
     return body

@@ -115,14 +115,15 @@ def plan(symbols: np.ndarray, rows: int) -> ContextPlan:
 
 
 def sort_order(contexts: np.ndarray) -> np.ndarray:
-    """The positions of a matrix's symbols in coding order (by context, row-major within one)."""
+    """The positions of a matrix's symbols in coding order (by context, row-major within one): the encoder's
+    side of `unsort`."""
     return np.argsort(contexts, kind="stable")
 
 
 def read_method_data(buf, pos: int, rows: int, length: int, inflate):
-    """(contexts, [(context, freq, precision)] per context used, counts, next position) of a width-context
-    segment whose method data starts at buf[pos]; `inflate(frame, n, what)` is quant.codec's length-checked
-    zstd inflation. WidthContextError when the data is malformed."""
+    """(row codes, column codes or None, [(context, freq, precision)] per context used, symbols per context, next
+    position) of a width-context segment whose method data starts at buf[pos]; `inflate(frame, n, what)` is
+    quant.codec's length-checked zstd inflation. WidthContextError when the data is malformed."""
     if rows <= 0 or length % rows:
         raise WidthContextError(f"a {length}-byte segment is not a matrix of {rows} rows")
     cols = length // rows
@@ -138,16 +139,60 @@ def read_method_data(buf, pos: int, rows: int, length: int, inflate):
     pos += frame_len
     if codes.size and int(codes.max()) > MAX_CODE:
         raise WidthContextError(f"a width code {int(codes.max())} is over {MAX_CODE}")
-    contexts = contexts_of(codes[:rows], codes[rows:] if columns else None, cols)
-    counts = np.bincount(contexts, minlength=N_CONTEXTS)
+    row_codes, col_codes = codes[:rows], (codes[rows:] if columns else None)
+    counts = _context_counts_by_row(row_codes, col_codes, cols).sum(axis=0)
     tables = []
     for k in np.flatnonzero(counts).tolist():
         freq, precision, pos = rans.decode_table(buf, pos)
         tables.append((k, freq, precision))
-    return contexts, tables, counts, pos
+    return row_codes, col_codes, tables, counts, pos
 
 
-def unsort(span: np.ndarray, contexts: np.ndarray) -> None:
-    """Put a matrix's symbols, decoded in coding order into `span`, back in row-major order (in place)."""
+def _context_counts_by_row(row_codes: np.ndarray, col_codes: np.ndarray | None, cols: int) -> np.ndarray:
+    """(R, N_CONTEXTS) int64: how many symbols of each row fall in each context (never an R x C array)."""
+    if col_codes is not None:
+        per_code = np.bincount(col_codes, minlength=MAX_CODE + 1)
+    else:
+        per_code = np.zeros(MAX_CODE + 1, dtype=np.int64)
+        per_code[0] = cols  # every column has code 0
+    out = np.zeros((len(row_codes), N_CONTEXTS), dtype=np.int64)
+    shift = np.arange(MAX_CODE + 1)
+    out[np.arange(len(row_codes))[:, None], row_codes[:, None].astype(np.int64) + shift[None, :]] = per_code
+    return out
+
+
+def _rank_among_equal(codes: np.ndarray) -> np.ndarray:
+    """For each element, how many earlier elements hold the same code."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - run_start
+    return rank
+
+
+UNSORT_BLOCK = 1 << 16  # symbols gathered per step of unsort: bounds its index arrays, whatever the matrix's size
+
+
+def unsort(span: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray | None) -> None:
+    """Put a matrix's symbols, decoded in coding order into `span`, back in row-major order (in place).
+
+    The symbol at (r, c) with context k = a_r + b_c sits, in coding order, at the start of context k, plus the
+    symbols of context k in the rows before r, plus the columns before c in row r with the same column code: all
+    computed from (R x N_CONTEXTS) counts, so the extra memory is one copy of the matrix plus a block of
+    UNSORT_BLOCK indices, not an index per symbol (a hostile file naming a huge matrix cannot multiply it)."""
+    rows = len(row_codes)
+    cols = span.size // rows
+    b = col_codes.astype(np.int64) if col_codes is not None else np.zeros(cols, dtype=np.int64)
+    by_row = _context_counts_by_row(row_codes, col_codes, cols)
+    context_start = np.concatenate([[0], np.cumsum(by_row.sum(axis=0))[:-1]])
+    before = np.cumsum(by_row, axis=0) - by_row + context_start[None, :]  # first slot of (row, context)
+    column_rank = _rank_among_equal(b)
     coded_order = span.copy()
-    span[sort_order(contexts)] = coded_order
+    block_rows = max(1, UNSORT_BLOCK // max(1, cols))
+    for r0 in range(0, rows, block_rows):
+        r1 = min(rows, r0 + block_rows)
+        k = row_codes[r0:r1, None].astype(np.int64) + b[None, :]
+        slots = np.take_along_axis(before[r0:r1], k, axis=1) + column_rank[None, :]
+        span[r0 * cols:r1 * cols] = coded_order[slots.reshape(-1)]

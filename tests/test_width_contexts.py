@@ -43,6 +43,23 @@ def test_round_trip_over_awkward_matrices():
     assert bytes(codec.decode(coded, len(body), cuts=list(matrices)[1:], matrices=matrices)) == body
 
 
+@pytest.mark.parametrize("rows, cols, columns", [(1, 1, True), (5, 1, True), (1, 9, False), (37, 23, True),
+                                                 (37, 23, False), (200, 3, True)])
+def test_unsort_inverts_the_coding_order_in_blocks(monkeypatch, rows, cols, columns):
+    """The decoder's block-wise unsort (counts only, no index per symbol) undoes the encoder's stable sort by
+    context, whatever the block size."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    row_codes = rng.integers(0, 16, rows).astype(np.uint8)
+    col_codes = rng.integers(0, 16, cols).astype(np.uint8) if columns else None
+    matrix = rng.integers(0, 256, rows * cols).astype(np.uint8)
+    coded = matrix[width_contexts.sort_order(width_contexts.contexts_of(row_codes, col_codes, cols))]
+    for block in (1, 7, 1 << 16):
+        monkeypatch.setattr(width_contexts, "UNSORT_BLOCK", block)
+        span = coded.copy()
+        width_contexts.unsort(span, row_codes, col_codes)
+        assert np.array_equal(span, matrix)
+
+
 @pytest.mark.parametrize("row_spread, col_spread, most", [(0.7, 0.0, 0.97), (0.0, 0.7, 0.97), (0.7, 0.5, 0.955)])
 def test_width_contexts_beat_order_0_where_rows_or_columns_differ(row_spread, col_spread, most):
     """The rank-1 width model pays for itself on rows and on columns of different widths, and the encoder's
