@@ -23,9 +23,9 @@ span in that order and then puts every symbol back in its place (`unsort`).
 
 Measured with `python -m quant` (bytes, 2026-12-03; quant.artifact has all three models), format 4 against
 format 3 (order-0 segments only):
-    trained tiny demo model          668,194 vs    673,682   (8 of its 25 matrices take width contexts)
-    seed preset after 16 CPU steps 5,846,839 vs  5,928,693   (28 of 69)
-    seed-size heavy-tailed draw   16,663,635 vs 16,836,008   (67 of 69; no lossless coder goes under
+    trained tiny demo model           668,194 vs   673,682   (8 of its 25 matrices take width contexts)
+    seed preset after 400 CPU steps 7,004,198 vs 7,427,476   (64 of 69; after 16 steps 5,846,839 vs 5,928,693)
+    seed-size heavy-tailed draw    16,663,635 vs 16,836,008  (67 of 69; no lossless coder goes under
                                                               16,552,471 there: bench.heavy_tailed_oracle)
 Per-row frequency classes chosen by Lloyd iterations instead of the row codes saved another 0.12% on the last,
 and finer steps or 31 codes nothing: not kept.
