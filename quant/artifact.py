@@ -39,7 +39,7 @@ symbols with side information; seed-style is torch.save of the same quantized te
   alone per tensor is already within 1.4% of the order-0 bound. Its rows are independent draws, so the width
   of a row is all a coder can learn, and `python -m bench.heavy_tailed oracle` bounds every lossless coder
   from below with the generator's own per-row law.)
-  Decoding the seed-size heavy-tailed file takes 0.72 s (decode_s of `python -m quant`, 2 cores).
+  Decoding the seed-size heavy-tailed file takes 0.47-0.63 s (three decode_artifact calls, 2 cores).
 
 Int6 values are stored either one per int8 byte ("int8", the default) or bit-packed 4-in-3 bytes with
 kernels.int6_layout ("packed"). The coders see symbols in the int8 containers; packing smears each value across byte
